@@ -1,0 +1,275 @@
+"""PiKEStreamingMixer: every global batch drawn from the domains with proportions that may change at any step.
+
+The global batch at step t is a pure function of (seed, the domains' data, global batch size, the weights
+in force at each step up to t) — DESIGN.md's mixer invariants:
+
+    counts_t, carry ← apportion(weights_t, B, carry)       # mixing/apportion.py: integer counts, error carried
+    for each domain k:  ids_k ← order_k[consumed_k : consumed_k + counts_t[k]]     # order.py, per domain epoch
+    global batch t  = concat_k [(k, id) for id in ids_k]    # domain-major
+    this rank's part = global batch t [rank :: world_size]  # equal, disjoint, same union for any world size
+
+The composition happens when the batch is *taken* (in ``__next__``, in the training process), so weights
+set after step t shape batch t+1 (zero lag) however far the shard read-ahead runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import weakref
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pike_stream.mixer.domain import Domain, DomainSource
+from pike_stream.mixer.order import DomainOrder, domain_seed
+from pike_stream.mixer.shards import ShardCache
+from pike_stream.mixer.state import MixerState, MixerStateError
+from pike_stream.mixing.apportion import apportion
+
+__all__ = ["PiKEStreamingMixer"]
+
+log = logging.getLogger(__name__)
+
+_HISTORY = 64  # states of recent steps kept so ``state_dict(num_samples)`` can name a step already passed
+
+
+class PiKEStreamingMixer(IterableDataset):
+    """Mixes per-domain MDS shards into global batches whose proportions can change at any step.
+
+    Args:
+        domains: the domains (:class:`Domain`), in a fixed order: batches' ``domain`` field indexes it.
+        global_batch_size: samples per step over all ranks (divisible by ``world_size``).
+        seed: the shuffle seed (each domain's order is keyed by ``seed`` and its name).
+        weights: initial weights ``{name: w}`` (normalised), or None for uniform.
+        rank, world_size: this process's place; None reads torch.distributed (or 0 and 1 without it).
+        shuffle_algo, shuffle_block_size: mosaicml-streaming's shuffle (``py1e`` keeps shard locality).
+        read_ahead: how many upcoming shards of each domain to prepare in the background.
+        read_ahead_workers: threads that download/decompress shards (0: fetch only on demand).
+        cache_limit: bytes (or a string like ``"10gb"``) of cached shards of remote domains to keep.
+
+    Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
+    ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
+    ``b = global_batch_size / world_size``. Train for a number of batches/tokens, not epochs.
+    """
+
+    def __init__(self, domains: Sequence[Domain], global_batch_size: int, seed: int = 0,
+                 weights: Mapping[str, float] | None = None, rank: int | None = None,
+                 world_size: int | None = None, *, shuffle_algo: str = "py1e", shuffle_block_size: int = 1 << 18,
+                 read_ahead: int = 2, read_ahead_workers: int = 4, cache_limit: int | str | None = None) -> None:
+        super().__init__()
+        rank, world_size = _resolve_rank(rank, world_size)
+        _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
+        self.domain_names = [d.name for d in domains]
+        self.global_batch_size = int(global_batch_size)
+        self.seed = int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.read_ahead = read_ahead
+        self._shuffle = {"algo": shuffle_algo, "block_size": int(shuffle_block_size)}
+        initial = self._weights_array(weights) if weights is not None else np.full(len(domains), 1 / len(domains))
+
+        self.sources = [DomainSource.open(d) for d in domains]
+        seq_lens = {s.name: s.seq_len for s in self.sources}
+        if len(set(seq_lens.values())) != 1:
+            raise ValueError(f"domains have different seq_len: {seq_lens}; convert them with the same --seq-len")
+        self.seq_len = next(iter(seq_lens.values()))
+        self.orders = [DomainOrder(s.shard_sizes, domain_seed(self.seed, s.name), shuffle_algo, shuffle_block_size)
+                       for s in self.sources]
+        self.shards = ShardCache(self.sources, workers=read_ahead_workers, cache_limit=_parse_bytes(cache_limit))
+        weakref.finalize(self, self.shards.close)
+
+        k = len(domains)
+        self._state = MixerState(0, np.zeros(k, np.int64), np.zeros(k, np.float64), initial)
+        self._history: deque[MixerState] = deque(maxlen=_HISTORY)
+        log.info("PiKEStreamingMixer: %d domains (%s), global batch %d, rank %d of %d, seq_len %d, seed %d",
+                 k, ", ".join(f"{s.name}: {s.num_samples} samples in {len(s.shards)} shards" for s in self.sources),
+                 self.global_batch_size, rank, world_size, self.seq_len, self.seed)
+
+    # ----------------------------------------------------------------------------------------- weights
+    @property
+    def weights(self) -> dict[str, float]:
+        """The weights that will compose the next batch."""
+        return {name: float(w) for name, w in zip(self.domain_names, self._state.weights)}
+
+    def set_weights(self, weights: Mapping[str, float] | Sequence[float] | np.ndarray) -> None:
+        """Set the proportions of the next batch onwards (normalised to sum to 1)."""
+        self._state.weights = self._weights_array(weights)
+
+    @property
+    def step(self) -> int:
+        """Global batches composed so far."""
+        return self._state.step
+
+    @property
+    def domain_sizes(self) -> dict[str, int]:
+        """Samples per domain (one domain epoch)."""
+        return {s.name: s.num_samples for s in self.sources}
+
+    @property
+    def consumed(self) -> dict[str, int]:
+        """Samples drawn from each domain so far (over all ranks)."""
+        return {name: int(c) for name, c in zip(self.domain_names, self._state.consumed)}
+
+    def _weights_array(self, weights: Mapping[str, float] | Sequence[float] | np.ndarray) -> np.ndarray:
+        if isinstance(weights, Mapping):
+            unknown = sorted(set(weights) - set(self.domain_names))
+            missing = [n for n in self.domain_names if n not in weights]
+            if unknown or missing:
+                raise ValueError(f"weights must name exactly the domains {self.domain_names}"
+                                 + (f"; unknown: {unknown}" if unknown else "")
+                                 + (f"; missing: {missing}" if missing else ""))
+            values = np.array([weights[n] for n in self.domain_names], dtype=np.float64)
+        else:
+            values = np.asarray(weights, dtype=np.float64)
+            if values.shape != (len(self.domain_names),):
+                raise ValueError(f"weights must have {len(self.domain_names)} entries (one per domain "
+                                 f"{self.domain_names}), got shape {values.shape}")
+        bad = {n: float(w) for n, w in zip(self.domain_names, values) if not math.isfinite(w) or w < 0}
+        if bad:
+            raise ValueError(f"weights must be finite and ≥ 0; got {bad}")
+        if values.sum() <= 0:
+            raise ValueError(f"weights are all zero: {dict(zip(self.domain_names, values.tolist()))}")
+        return values / values.sum()
+
+    # ----------------------------------------------------------------------------------------- batches
+    def compose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Decide the next global batch from the weights in force and advance the cursors.
+
+        Returns ``(domain, sample_id)`` arrays of length ``global_batch_size``, domain-major. Reads no data.
+        """
+        state = self._state
+        self._history.append(state.copy())
+        counts, carry = apportion(state.weights, self.global_batch_size, state.carry)
+        ids = [order.take(int(state.consumed[k]), int(counts[k])) for k, order in enumerate(self.orders)]
+        state.consumed = state.consumed + counts
+        state.carry = carry
+        state.step += 1
+        return np.repeat(np.arange(len(counts)), counts), np.concatenate(ids)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if get_worker_info() is not None:
+            raise RuntimeError("PiKEStreamingMixer composes batches in the training process (so a weight change "
+                               "shapes the very next batch); use mixer.dataloader(), which sets num_workers=0 — "
+                               "shard downloads already run in read-ahead threads")
+        while True:
+            yield self.next_batch()
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """Compose the next global batch and read this rank's part of it."""
+        domain, sample_id = self.compose()
+        domain, sample_id = domain[self.rank::self.world_size], sample_id[self.rank::self.world_size]
+        tokens = np.empty((len(sample_id), self.seq_len), dtype=np.int64)
+        for k in np.unique(domain):
+            rows = np.flatnonzero(domain == k)
+            shards, within = self.sources[k].locate(sample_id[rows])
+            for row, shard, index in zip(rows, shards, within):
+                self.shards.ensure(int(k), int(shard))
+                tokens[row] = self.sources[k].read(int(shard), int(index))
+        self._read_ahead()
+        return {"input_ids": torch.from_numpy(tokens), "domain": torch.from_numpy(domain.astype(np.int64)),
+                "sample_id": torch.from_numpy(sample_id.astype(np.int64))}
+
+    def _read_ahead(self) -> None:
+        """Queue the next ``read_ahead`` distinct shards of every domain's order, nearest first."""
+        if self.read_ahead <= 0:
+            return
+        keys = []
+        for k, (source, order) in enumerate(zip(self.sources, self.orders)):
+            window = min(order.num_samples, self.read_ahead * int(source.shard_sizes.max()))
+            upcoming, _ = source.locate(order.take(int(self._state.consumed[k]), window))
+            _, first = np.unique(upcoming, return_index=True)
+            keys += [(k, int(s)) for s in upcoming[np.sort(first)][:self.read_ahead]]
+        self.shards.prefetch(keys)
+
+    def dataloader(self, *, pin_memory: bool = False, num_workers: int = 0) -> DataLoader:
+        """A torch DataLoader over this mixer (its ``.dataset``), yielding this rank's batches."""
+        if num_workers:
+            raise ValueError("num_workers must be 0: batches are composed in the training process so weight "
+                             "changes take effect at the next step; shard I/O runs in read-ahead threads "
+                             "(see read_ahead_workers)")
+        return DataLoader(self, batch_size=None, num_workers=0, pin_memory=pin_memory)
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self, num_samples: int | None = None, from_beginning: bool = True) -> dict[str, Any]:
+        """The state to resume after ``num_samples`` samples (Composer's signature; None: now).
+
+        Composer passes the samples consumed by training, which may trail what this iterator composed.
+        """
+        state = self._state
+        if num_samples is not None:
+            step, rest = divmod(int(num_samples), self.global_batch_size)
+            if rest:
+                raise MixerStateError(f"num_samples={num_samples} is not a whole number of global batches "
+                                      f"of {self.global_batch_size}")
+            if step != state.step:
+                found = [s for s in self._history if s.step == step]
+                if not found:
+                    raise MixerStateError(f"no state for step {step}: the mixer is at step {state.step} and "
+                                          f"remembers steps ≥ {self._history[0].step if self._history else state.step}")
+                state = found[0]
+        return state.to_dict(names=self.domain_names, fingerprints=[s.fingerprint for s in self.sources],
+                             global_batch_size=self.global_batch_size, seed=self.seed, shuffle=self._shuffle)
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        """Continue exactly where the mixer that saved ``obj`` stopped (any world size)."""
+        self._state = MixerState.from_dict(obj, names=self.domain_names,
+                                           fingerprints=[s.fingerprint for s in self.sources],
+                                           global_batch_size=self.global_batch_size, seed=self.seed,
+                                           shuffle=self._shuffle)
+        self._history.clear()
+        log.info("PiKEStreamingMixer resumed at step %d: consumed %s, weights %s", self._state.step,
+                 self.consumed, {n: round(w, 4) for n, w in self.weights.items()})
+
+
+def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return int(rank), int(world_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        found = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return (found[0] if rank is None else int(rank)), (found[1] if world_size is None else int(world_size))
+
+
+def _check_arguments(domains: Sequence[Domain], global_batch_size: int, rank: int, world_size: int,
+                     read_ahead: int, read_ahead_workers: int) -> None:
+    if not domains:
+        raise ValueError("PiKEStreamingMixer needs at least one domain")
+    names = [getattr(d, "name", None) for d in domains]
+    if any(not isinstance(d, Domain) for d in domains):
+        raise TypeError(f"domains must be pike_stream.Domain objects, got {[type(d).__name__ for d in domains]}")
+    empty = [i for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
+    if empty:
+        raise ValueError(f"domain names must be non-empty strings; domain(s) at position {empty} have {names}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate domain names: {duplicates}")
+    if not isinstance(global_batch_size, int) or global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}")
+    if world_size <= 0 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    if global_batch_size % world_size:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by world_size={world_size}")
+    if read_ahead < 0 or read_ahead_workers < 0:
+        raise ValueError(f"read_ahead ({read_ahead}) and read_ahead_workers ({read_ahead_workers}) must be ≥ 0")
+
+
+_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+
+
+def _parse_bytes(value: int | str | None) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    text = value.strip().lower()
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            try:
+                return int(float(text[:-len(unit)]) * _UNITS[unit])
+            except ValueError:
+                break
+    raise ValueError(f"cache_limit {value!r} is not a size like 500mb or 10gb")
