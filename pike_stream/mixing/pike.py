@@ -1,0 +1,121 @@
+"""Practical PiKE (the paper's Algorithm 1): one mirror-descent step on the mixing weights.
+
+Every T0 steps, with fresh estimates ``G_k ≈ ‖∇L_k‖²`` and ``S_k ≈ σ_k²`` (DESIGN.md, "The method"):
+
+    w_k ← w_k · exp(ζ1·G_k − (ζ2/2b)·S_k),   w ← w / ‖w‖₁
+
+A domain whose full gradient is large gains weight (sampling it lowers the loss fastest); a domain whose
+per-sample gradients are noisy loses weight (its samples mostly add variance). One step rather than the
+jump to the optimum of the conceptual QP (:mod:`pike_stream.mixing.conceptual`) keeps the mixture — and
+Adam's moment estimates — from swinging.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pike_stream.mixing.checks import check_batch_size
+from pike_stream.mixing.simplex import apply_floor, check_weights, log_normalize
+from pike_stream.mixing.stats import as_statistic
+
+__all__ = ["multiplicative_update", "pike_exponents", "pike_step"]
+
+
+def pike_exponents(
+    grad_sq: np.ndarray,
+    variance: np.ndarray,
+    batch_size: int,
+    *,
+    zeta1: float,
+    zeta2: float,
+    normalize: bool,
+) -> np.ndarray:
+    """The exponents ``e_k = ζ1·G_k − (ζ2/2b)·S_k`` of PiKE's step; NaN for domains missing either estimate.
+
+    With ``normalize``, ``G`` and ``S`` are first divided by one common scale, the mean over the domains
+    with estimates of ``|G_k| + S_k/b`` (≈ the mean squared norm of a b-sample gradient). Both terms then
+    stay within ``[−K·ζ, K·ζ]`` whatever the model's gradient scale — multiplying every G and S by c > 0
+    leaves the step unchanged — while the ratio of signal ``G_k`` to noise ``S_k/b``, which is what the
+    variance term weighs, is kept. Without it ζ1 and ζ2 carry the units of the gradients.
+    """
+    b = check_batch_size(batch_size)
+    if not (np.isfinite(zeta1) and zeta1 > 0):
+        raise ValueError(f"zeta1 must be a finite number > 0, got {zeta1!r}")
+    if not (np.isfinite(zeta2) and zeta2 >= 0):
+        raise ValueError(f"zeta2 must be a finite number ≥ 0, got {zeta2!r}")
+    g = as_statistic(grad_sq, "grad_sq")
+    s = as_statistic(variance, "variance", g.size, nonnegative=True)
+    missing = np.isnan(g) | np.isnan(s)
+    if normalize and not np.all(missing):
+        scale = float(np.mean(np.abs(g[~missing]) + s[~missing] / b))
+        if scale > 0:
+            g, s = g / scale, s / scale
+    exponents = zeta1 * g - (zeta2 / (2 * b)) * s
+    exponents[missing] = np.nan
+    return exponents
+
+
+def multiplicative_update(weights: np.ndarray, exponents: np.ndarray) -> np.ndarray:
+    """``w_k ← w_k·exp(e_k)`` renormalised, in log space; domains with ``e_k = NaN`` keep their weight.
+
+    Only the differences between exponents matter, so a missing estimate cannot be given a neutral exponent
+    (0 is not neutral when the others are mostly positive). Instead the missing domains keep their weights
+    exactly and the others share the remaining mass ``M = Σ_{present} w_k``:
+
+        w'_k = M · softmax_{present}(log w_k + e_k)   (present k),     w'_k = w_k   (missing k)
+
+    ``log w + e`` is normalised with log-sum-exp, so exponents of any size cannot overflow; a zero weight
+    stays zero.
+    """
+    w = check_weights(weights)
+    e = np.asarray(exponents, dtype=np.float64)
+    if e.shape != w.shape:
+        raise ValueError(f"exponents {e.shape} and weights {w.shape} must have the same shape")
+    if np.any(np.isinf(e)):
+        raise ValueError(f"exponents must be finite or NaN (missing), got {e.tolist()}")
+    present = ~np.isnan(e)
+    mass = float(w[present].sum())
+    if mass == 0.0:
+        return w
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w[present])
+    out = w.copy()
+    out[present] = mass * log_normalize(log_w + e[present])
+    return out
+
+
+def pike_step(
+    weights: np.ndarray,
+    grad_sq: np.ndarray,
+    variance: np.ndarray,
+    batch_size: int,
+    *,
+    zeta1: float,
+    zeta2: float,
+    min_weight: float = 0.0,
+    normalize: bool = True,
+) -> np.ndarray:
+    """One practical-PiKE update of the mixing weights (Algorithm 1).
+
+        w_k ← w_k · exp(ζ1·G_k − (ζ2/2b)·S_k),   w ← w/‖w‖₁,   then w ← max(m, c·w)  (floor, on Δ_K)
+
+    Args:
+        weights: the weights in force, on the simplex, shape ``[K]``.
+        grad_sq: ``G_k`` ≈ ‖∇L_k‖², NaN where there is no estimate.
+        variance: ``S_k`` ≈ σ_k², NaN where there is no estimate.
+        batch_size: the global batch size ``b``.
+        zeta1: step size of the gradient term, > 0.
+        zeta2: step size of the variance term, ≥ 0 (0 drops the variance term).
+        min_weight: floor ``m`` applied after the step (:func:`~pike_stream.mixing.simplex.apply_floor`);
+            requires ``K·m < 1``.
+        normalize: rescale G and S by a common scale first (:func:`pike_exponents`).
+
+    Returns:
+        The new weights, on the simplex and ≥ ``min_weight``. Domains with a NaN estimate keep their
+        weight share (:func:`multiplicative_update`) up to the floor's rescaling.
+    """
+    w = check_weights(weights)
+    exponents = pike_exponents(grad_sq, variance, batch_size, zeta1=zeta1, zeta2=zeta2, normalize=normalize)
+    if exponents.size != w.size:
+        raise ValueError(f"grad_sq/variance have {exponents.size} entries, weights have {w.size}")
+    return apply_floor(multiplicative_update(w, exponents), min_weight)
