@@ -1,0 +1,139 @@
+"""boto3 clients for :class:`S3Settings`, and an access check that turns botocore errors into clear ones.
+
+Every S3 client the library makes comes from :func:`s3_client`, so timeouts, retries and addressing
+style are decided here once. :func:`check_access` answers "can this key read (and write) this bucket?"
+before a long job starts, with a :class:`StorageError` that names the variable or bucket to fix.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pike_stream.storage.settings import (
+    ENV_ACCESS_KEY_ID,
+    ENV_ENDPOINT_URL,
+    ENV_SECRET_ACCESS_KEY,
+    S3Settings,
+    StorageError,
+)
+
+__all__ = ["check_access", "explain_client_error", "s3_client"]
+
+_ACCESS_CHECK_PREFIX = ".pike_stream-access-check/"
+
+
+def s3_client(settings: S3Settings, *, timeout_s: float = 60.0, max_attempts: int = 5) -> Any:
+    """A boto3 S3 client for ``settings`` (path-style addressing, which S3-compatible servers expect).
+
+    ``max_attempts`` counts the first try; ``timeout_s`` bounds connecting and each read.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=timeout_s,
+        read_timeout=timeout_s,
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        s3={"addressing_style": "path"},
+    )
+    try:
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            region_name=settings.region,
+            config=config,
+        )
+    except ValueError as exc:  # botocore rejects a malformed endpoint with ValueError
+        raise StorageError(f"{ENV_ENDPOINT_URL}={settings.endpoint_url!r} is not a valid URL: {exc}") from exc
+
+
+def _endpoint(settings: S3Settings) -> str:
+    return settings.endpoint_url or "AWS S3 (no S3_ENDPOINT_URL set)"
+
+
+def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, operation: str) -> StorageError:
+    """A :class:`StorageError` for a botocore exception raised by ``operation`` on ``bucket``.
+
+    Unreachable endpoint → names ``S3_ENDPOINT_URL`` and the URL; a rejected key → names
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (the secret itself is never shown); a missing bucket →
+    names the bucket; AccessDenied on a write → says the key is read-only for that bucket.
+    """
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    endpoint = _endpoint(settings)
+    key_id = settings.access_key_id or "(from the boto3 credential chain)"
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        return StorageError(
+            f"cannot reach the S3 endpoint {endpoint}: check {ENV_ENDPOINT_URL} "
+            f"(is the server running and the URL right?); {settings.redact(str(exc))}"
+        )
+    if isinstance(exc, ReadTimeoutError):
+        return StorageError(f"the S3 endpoint {endpoint} ({ENV_ENDPOINT_URL}) did not answer {operation} in time")
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(
+            f"no S3 credentials found for {endpoint}: set {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}"
+        )
+    if not isinstance(exc, ClientError):
+        return StorageError(f"{operation} on bucket {bucket!r} at {endpoint} failed: {settings.redact(str(exc))}")
+
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    message = settings.redact(str(error.get("Message", "")))
+    if code == "SignatureDoesNotMatch":
+        return StorageError(
+            f"the S3 endpoint {endpoint} rejected the secret key for access key id {key_id!r}: "
+            f"check {ENV_SECRET_ACCESS_KEY} (and that {ENV_ACCESS_KEY_ID} is the key it belongs to)"
+        )
+    if code in ("InvalidAccessKeyId", "InvalidClientTokenId"):
+        return StorageError(
+            f"the S3 endpoint {endpoint} does not know access key id {key_id!r}: "
+            f"check {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}"
+        )
+    if code == "NoSuchBucket" or (code in ("404", "NotFound") and operation == "HeadBucket"):
+        return StorageError(f"bucket {bucket!r} does not exist at {endpoint}: create it or fix the s3:// URL")
+    if code in ("AccessDenied", "403", "Forbidden"):
+        if operation in ("PutObject", "DeleteObject", "CreateBucket"):
+            return StorageError(
+                f"access key id {key_id!r} is read-only for bucket {bucket!r} at {endpoint} "
+                f"({operation} was denied): use a key with write access in "
+                f"{ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}"
+            )
+        return StorageError(
+            f"access key id {key_id!r} may not read bucket {bucket!r} at {endpoint} ({operation} was denied): "
+            f"check {ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY} and the bucket's policy"
+        )
+    return StorageError(
+        f"{operation} on bucket {bucket!r} at {endpoint} failed: {code or status} {message}".rstrip()
+    )
+
+
+def check_access(settings: S3Settings, bucket: str, write: bool = False) -> None:
+    """Raise a clear :class:`StorageError` unless ``settings`` can list ``bucket`` (and write to it).
+
+    The write check puts and deletes one empty object under ``.pike_stream-access-check/``. Retries are
+    kept short so a wrong endpoint fails in seconds, not minutes.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = s3_client(settings, timeout_s=10.0, max_attempts=2)
+    operation = "ListObjectsV2"
+    try:
+        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        if write:
+            key = f"{_ACCESS_CHECK_PREFIX}{uuid.uuid4().hex}"
+            operation = "PutObject"
+            client.put_object(Bucket=bucket, Key=key, Body=b"")
+            operation = "DeleteObject"
+            client.delete_object(Bucket=bucket, Key=key)
+    except (BotoCoreError, ClientError) as exc:
+        raise explain_client_error(exc, settings, bucket, operation) from exc
