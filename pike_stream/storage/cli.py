@@ -1,6 +1,6 @@
 """``pike-stream s3 start|stop|status|env``: manage the embedded S3 server from a shell.
 
-    pike-stream s3 start            start it (or report the one already running)
+    pike-stream s3 start [--bucket B …]   start it (or report the one already running), create buckets
     eval "$(pike-stream s3 env)"    point this shell's streaming/Composer/boto3 at it
     pike-stream s3 status           endpoint, pid, data folder, buckets
     pike-stream s3 stop             stop it (weed takes ~16 s to shut down cleanly)
@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="the server's data folder (default: $PIKE_STREAM_HOME/s3 or ~/.cache/pike_stream/s3)",
         )
+        if name == "start":
+            command.add_argument("--bucket", action="append", default=[], metavar="NAME",
+                                 help="create this bucket if it does not exist (repeatable)")
         if name == "stop":
             command.add_argument(
                 "--grace",
@@ -64,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             server, started = start_or_attach(data_dir)
             verb = f"started in {server.startup_s:.1f} s" if started else "already running"
             print(f"embedded S3 server {verb}: {server.endpoint_url} (pid {server.pid}), data in {server.data_dir}")
+            for bucket in args.bucket:
+                server.create_bucket(bucket)  # idempotent
+                print(f"bucket {bucket} is ready")
             print('point a shell at it with: eval "$(pike-stream s3 env)"')
             return 0
         server = EmbeddedS3.attach(data_dir)
