@@ -1,0 +1,29 @@
+# pike_stream: the two commands of the README, and the pieces they are made of.
+#   make quickstart   environment → embedded S3 → convert a multilingual corpus slice → train with PiKE → weights
+#   make test         environment → the test suite (real embedded S3 server, real Composer runs)
+# Everything installs into ./.venv from pyproject.toml, pinned by constraints.txt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DATA   ?= data
+
+.PHONY: install quickstart test test-fast bench corpus clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
