@@ -1,0 +1,53 @@
+"""``pike-stream convert SOURCE OUT …``: the command line of :func:`converters.conversion.convert`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from converters.errors import ConversionError
+from converters.sources import FORMATS
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pike-stream convert`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="pike-stream convert",
+        description="Convert a corpus into one domain of tokenized, packed MDS shards with a manifest.json. "
+                    "Every document is followed by EOS; the final partial sequence is dropped.")
+    parser.add_argument("source", metavar="SOURCE", help="a file or folder (text, jsonl) or a saved dataset (hf)")
+    parser.add_argument("out", metavar="OUT", help="the domain folder to write: a local folder or s3://bucket/prefix")
+    parser.add_argument("--domain", required=True, help="the domain's name")
+    parser.add_argument("--seq-len", type=int, required=True, help="tokens per sample")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="text",
+                        help="text: one document per file; jsonl: one per line; hf: one per dataset row "
+                             "(default: text)")
+    parser.add_argument("--text-field", default="text", help="JSON field / dataset column with the text")
+    parser.add_argument("--tokenizer", default="bytes",
+                        help="`bytes` (UTF-8 bytes, EOS 256, PAD 257) or a local HuggingFace tokenizer folder")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="tokenizing processes (default: 1). Pays off with a HuggingFace tokenizer; the byte "
+                             "tokenizer is cheaper than handing work to another process")
+    parser.add_argument("--part", metavar="i/N",
+                        help="convert part i of N of the input into OUT/part-0000i (join with pike-stream merge)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    parser.add_argument("--size-limit", type=float, metavar="MB", default=None,
+                        help="shard size limit in MB, uncompressed (default: 8)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``pike-stream convert``; 0 on success, 1 on a conversion error (printed to stderr)."""
+    args = build_parser().parse_args(argv)
+    from converters.conversion import DEFAULT_SIZE_LIMIT_MB, convert  # imports streaming (and torch): after --help
+
+    try:
+        convert(args.source, args.out, domain=args.domain, seq_len=args.seq_len, fmt=args.fmt,
+                text_field=args.text_field, tokenizer=args.tokenizer, workers=args.workers, part=args.part,
+                overwrite=args.overwrite, size_limit=args.size_limit or DEFAULT_SIZE_LIMIT_MB)
+    except ConversionError as exc:
+        print(f"pike-stream convert: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
