@@ -57,6 +57,10 @@ def child(spec: dict) -> dict:
     import resource
 
     import psutil
+    import streaming  # noqa: F401 - imports are not part of construction time or memory
+    import torch  # noqa: F401
+
+    import pike_stream.mixer  # noqa: F401
 
     rss_before = psutil.Process().memory_info().rss
     start = time.perf_counter()
