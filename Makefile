@@ -19,6 +19,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
+# The quickstart: the embedded S3 server (reused if running), a 0.3 MB-per-domain slice of the benchmark
+# corpus (Debian man pages in five languages + Python's standard library), converted to MDS on S3, then a
+# short PiKE run of yamls/quickstart.yaml whose checkpoints go to S3 too. Rerunning resumes (autoresume).
+S3ENV = eval "$$($(BIN)/pike-stream s3 env)"
+
+quickstart: install
+	$(BIN)/pike-stream s3 start --bucket pike-quickstart
+	$(BIN)/pike-stream corpus build $(DATA)/corpus --small
+	$(S3ENV) && $(BIN)/pike-stream corpus convert $(DATA)/corpus --seq-len 128 --dest s3://pike-quickstart/mds --overwrite
+	$(S3ENV) && $(BIN)/pike-stream train yamls/quickstart.yaml
+
 test: install
 	$(BIN)/python -m pytest -q
 
