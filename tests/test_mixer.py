@@ -125,13 +125,13 @@ def test_exact_resume(data_root, stop_at):
 def test_resume_crosses_domain_epoch_boundary(data_root):
     """Stop right before the batch in which `code` (57 samples) runs out of its first epoch."""
     mixer = make_mixer(data_root)
-    step = 0
-    while True:
+    for step in range(100):
         before = mixer.consumed["code"]
         run(mixer, step, step + 1)
-        if before < SIZES["code"] < mixer.consumed["code"]:
+        if before < SIZES["code"] <= mixer.consumed["code"]:
             break
-        step += 1
+    else:
+        pytest.fail("`code` never finished its first epoch")
     run_stop_resume(data_root, step + 10, step)
 
 
