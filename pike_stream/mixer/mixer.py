@@ -52,6 +52,7 @@ class PiKEStreamingMixer(IterableDataset):
         read_ahead: how many upcoming shards of each domain to prepare in the background.
         read_ahead_workers: threads that download/decompress shards (0: fetch only on demand).
         cache_limit: bytes (or a string like ``"10gb"``) of cached shards of remote domains to keep.
+        retry_seconds: how long a failing shard download is retried (with backoff) before it is an error.
 
     Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
     ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
@@ -61,7 +62,8 @@ class PiKEStreamingMixer(IterableDataset):
     def __init__(self, domains: Sequence[Domain], global_batch_size: int, seed: int = 0,
                  weights: Mapping[str, float] | None = None, rank: int | None = None,
                  world_size: int | None = None, *, shuffle_algo: str = "py1e", shuffle_block_size: int = 1 << 18,
-                 read_ahead: int = 2, read_ahead_workers: int = 4, cache_limit: int | str | None = None) -> None:
+                 read_ahead: int = 2, read_ahead_workers: int = 4, cache_limit: int | str | None = None,
+                 retry_seconds: float = 120.0) -> None:
         super().__init__()
         rank, world_size = _resolve_rank(rank, world_size)
         _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
@@ -80,7 +82,8 @@ class PiKEStreamingMixer(IterableDataset):
         self.seq_len = next(iter(seq_lens.values()))
         self.orders = [DomainOrder(s.shard_sizes, domain_seed(self.seed, s.name), shuffle_algo, shuffle_block_size)
                        for s in self.sources]
-        self.shards = ShardCache(self.sources, workers=read_ahead_workers, cache_limit=_parse_bytes(cache_limit))
+        self.shards = ShardCache(self.sources, workers=read_ahead_workers, cache_limit=_parse_bytes(cache_limit),
+                                 retry_seconds=retry_seconds)
         weakref.finalize(self, self.shards.close)
 
         k = len(domains)

@@ -41,11 +41,15 @@ class ShardCache:
         workers: read-ahead threads (downloads are I/O bound; 0 disables read-ahead).
         cache_limit: bytes of local shard files of *remote* domains to keep; least recently used shards
             outside the read-ahead window are evicted past it. None keeps everything.
+        retry_seconds: how long to keep retrying (with backoff, a warning each time) a remote shard whose
+            download fails, e.g. while the storage service restarts; then the error is raised.
     """
 
-    def __init__(self, sources: list[DomainSource], workers: int = 4, cache_limit: int | None = None) -> None:
+    def __init__(self, sources: list[DomainSource], workers: int = 4, cache_limit: int | None = None,
+                 retry_seconds: float = 120.0) -> None:
         self.sources = sources
         self.cache_limit = cache_limit
+        self.retry_seconds = retry_seconds
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="pike-readahead") if workers > 0 else None
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, int], Future] = {}
@@ -85,12 +89,32 @@ class ShardCache:
             self._pool = None
 
     def _prepare(self, key: tuple[int, int]) -> None:
+        """Make one shard local, retrying a remote that does not answer with backoff for ``retry_seconds``."""
+        try:
+            delay, deadline = 0.5, time.monotonic() + self.retry_seconds
+            while True:
+                try:
+                    size = self._prepare_once(key)
+                    break
+                except ShardFetchError as error:
+                    if not self.sources[key[0]].domain.remote or time.monotonic() + delay > deadline:
+                        raise
+                    log.warning("%s; retrying in %.1f s", error, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+        with self._lock:
+            self._ready[key] = size
+
+    def _prepare_once(self, key: tuple[int, int]) -> int:
         domain, shard = key
         source = self.sources[domain]
         reader = source.shards[shard]
+        basename = reader.file_pairs[0][0].basename
         try:
-            lock_path = os.path.join(source.stream.local, source.stream.split,
-                                     f".{reader.file_pairs[0][0].basename}.lock")
+            lock_path = os.path.join(source.stream.local, source.stream.split, f".{basename}.lock")
             os.makedirs(os.path.dirname(lock_path), exist_ok=True)
             # Ranks on one node share the cache folder: one prepares a shard while the others wait for it.
             with open(lock_path, "w") as lock_file:
@@ -106,13 +130,9 @@ class ShardCache:
         except ShardIntegrityError:
             raise
         except Exception as error:  # noqa: BLE001 - name the domain and shard in any fetch failure
-            raise ShardFetchError(f"domain {source.name!r}: cannot fetch shard {reader.file_pairs[0][0].basename} "
-                              f"from {source.domain.where()}: {type(error).__name__}: {error}") from error
-        finally:
-            with self._lock:
-                self._pending.pop(key, None)
-        with self._lock:
-            self._ready[key] = reader.get_persistent_size(source.stream.safe_keep_zip)
+            raise ShardFetchError(f"domain {source.name!r}: cannot fetch shard {basename} from "
+                                  f"{source.domain.where()}: {type(error).__name__}: {error}") from error
+        return reader.get_persistent_size(source.stream.safe_keep_zip)
 
     def _integrity_error(self, source: DomainSource, shard: int) -> ShardIntegrityError:
         reader = source.shards[shard]
