@@ -1,0 +1,258 @@
+"""A :class:`TrainConfig` → a ready ``composer.Trainer``: storage, mixer, model, PiKE, evaluators, loggers.
+
+Everything that can be checked before training is checked here, each failure a clear error: storage
+reachable (the domains' buckets, a writable ``save_folder``), domains present and consistent with
+``max_seq_len`` and the model's vocabulary, the batch sizes compatible with the world size. What it decides
+is logged (domains found and their sizes, the strategy and its options, where checkpoints go, whether and
+from where the run resumes), so the log answers "what is it doing and why".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import urlparse
+
+from composer import Trainer
+from composer.callbacks import LRMonitor
+from composer.core import Evaluator
+from composer.loggers import ConsoleLogger, LoggerDestination, ProgressBarLogger
+from composer.optim import (
+    ConstantScheduler,
+    ConstantWithWarmupScheduler,
+    CosineAnnealingWithWarmupScheduler,
+    DecoupledAdamW,
+)
+from composer.utils import dist, get_device, reproducibility
+
+from pike_stream.mixer import Domain, PiKEStreamingMixer
+from pike_stream.storage import S3Settings, check_access, ensure_storage
+from pike_stream.train.config import ConfigError, DomainConfig, TrainConfig
+from pike_stream.train.evaluation import domain_evaluator
+from pike_stream.train.logs import BatchLog, JSONLinesLogger
+from pike_stream.train.model import CausalLM
+
+__all__ = ["build_trainer", "prepare_storage"]
+
+log = logging.getLogger(__name__)
+
+
+def _domain(cfg: DomainConfig) -> Domain:
+    return Domain(name=cfg.name, remote=cfg.remote, local=cfg.local, split=cfg.split)
+
+
+def _s3_buckets(cfg: TrainConfig) -> tuple[set[str], str | None]:
+    """Buckets the domains are read from, and the bucket checkpoints are written to (if on S3)."""
+    domains = cfg.train_loader.domains + (cfg.eval_loader.domains if cfg.eval_loader else [])
+    read = {urlparse(d.remote).netloc for d in domains if d.remote and d.remote.startswith("s3://")}
+    if cfg.load_path and cfg.load_path.startswith("s3://"):
+        read.add(urlparse(cfg.load_path).netloc)
+    save = urlparse(cfg.save_folder).netloc if cfg.save_folder and cfg.save_folder.startswith("s3://") else None
+    return read, save
+
+
+def prepare_storage(cfg: TrainConfig) -> None:
+    """Make every ``s3://`` location of the run usable, or fail naming the bucket and what to fix.
+
+    With ``S3_ENDPOINT_URL`` unset and any ``s3://`` location in the config, the embedded S3 server is
+    started (or the running one reused) first. A local ``save_folder`` is created and checked writable.
+    """
+    read, save = _s3_buckets(cfg)
+    if read or save:
+        settings = ensure_storage()
+        if dist.get_local_rank() == 0:
+            for bucket in sorted(read - {save}):
+                check_access(settings, bucket)
+            if save:
+                check_access(settings, save, write=True)
+        log.info("S3 endpoint: %s", S3Settings.from_env().endpoint_url or "AWS S3")
+    folder = cfg.save_folder
+    if folder and "://" not in folder:
+        folder = folder.format(run_name=cfg.run_name)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"save_folder: cannot create {folder}: {error.strerror}") from error
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"save_folder: {folder} is not writable")
+
+
+def _check_batch_sizes(cfg: TrainConfig, world_size: int) -> int:
+    """The per-rank batch size, after checking the global batch and the microbatch against the world."""
+    if cfg.global_train_batch_size % world_size:
+        raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the "
+                          f"{world_size} ranks of this run")
+    per_rank = cfg.global_train_batch_size // world_size
+    micro = cfg.device_train_microbatch_size
+    if isinstance(micro, int) and per_rank % micro:
+        raise ConfigError(f"device_train_microbatch_size={micro} does not divide the per-rank batch of {per_rank} "
+                          f"(global_train_batch_size={cfg.global_train_batch_size} over {world_size} ranks)")
+    return per_rank
+
+
+def _check_data(cfg: TrainConfig, mixer: PiKEStreamingMixer) -> None:
+    if mixer.seq_len != cfg.max_seq_len:
+        raise ConfigError(f"max_seq_len={cfg.max_seq_len}, but the domains were converted with seq_len "
+                          f"{mixer.seq_len}; set max_seq_len: {mixer.seq_len}")
+    for source in mixer.sources:
+        vocab = (source.manifest.get("tokenizer") or {}).get("vocab_size")
+        if vocab is not None and int(vocab) > cfg.model.vocab_size:
+            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of domain "
+                              f"{source.name!r} ({vocab} ids, tokenizer {source.manifest['tokenizer'].get('kind')})")
+
+
+def _scheduler(cfg: TrainConfig) -> Any:
+    warmup = f"{cfg.batches(cfg.scheduler.t_warmup, 'scheduler.t_warmup')}ba"
+    if cfg.scheduler.name == "cosine_with_warmup":
+        return CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=cfg.scheduler.alpha_f)
+    if cfg.scheduler.name == "constant_with_warmup":
+        return ConstantWithWarmupScheduler(t_warmup=warmup)
+    return ConstantScheduler()
+
+
+def _pike(cfg: TrainConfig) -> Any:
+    from pike_stream.algorithm import PiKE
+
+    pike = cfg.algorithms.pike
+    assert pike is not None
+    try:
+        algorithm = PiKE(strategy=pike.strategy, update_interval=pike.update_interval,
+                         warmup_steps=pike.warmup_steps, initial_weights=cfg.train_loader.weights, ema=pike.ema,
+                         sketch_dim=pike.sketch_dim, conflict_threshold=pike.conflict_threshold,
+                         **pike.strategy_options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"algorithms.pike: {error}") from error
+    log.info("mixing strategy %r, options %s; weights refreshed every %d steps (after %d warm-up steps)",
+             pike.strategy, pike.strategy_options or "{} (defaults)", pike.update_interval, pike.warmup_steps)
+    return algorithm
+
+
+def _evaluators(cfg: TrainConfig, domain_names: list[str]) -> list[Evaluator]:
+    if cfg.eval_loader is None:
+        return []
+    evaluators = []
+    for d in cfg.eval_loader.domains:
+        evaluator, source = domain_evaluator(
+            _domain(d), device_batch_size=cfg.eval_loader.device_batch_size,
+            max_batches=cfg.eval_loader.max_batches,
+            domain_index=domain_names.index(d.name) if d.name in domain_names else -1)
+        if source.seq_len != cfg.max_seq_len:
+            raise ConfigError(f"eval_loader domain {d.name!r} ({source.domain.where()}) has seq_len "
+                              f"{source.seq_len}, the run has max_seq_len={cfg.max_seq_len}")
+        log.info("evaluating domain %r on %d samples of %s", d.name, len(evaluator.dataloader.dataloader.dataset),
+                 source.domain.where())
+        evaluators.append(evaluator)
+    return evaluators
+
+
+def _loggers(cfg: TrainConfig, run_folder: str) -> list[LoggerDestination]:
+    loggers: list[LoggerDestination] = [JSONLinesLogger(run_folder)]
+    if cfg.loggers.progress_bar:
+        loggers.append(ProgressBarLogger())
+    if cfg.loggers.console:
+        interval = cfg.batches(cfg.loggers.console_interval, "loggers.console_interval")
+        loggers.append(ConsoleLogger(log_interval=f"{interval}ba"))
+    return loggers
+
+
+SYMLINK_RETRY_SECONDS = 2.0
+
+
+def _check_latest_symlink_often(trainer: Trainer) -> None:
+    """Upload the ``latest`` pointer of a remote checkpoint as soon as the checkpoint itself is there.
+
+    Composer uploads ``latest-rank0.pt.symlink`` (what autoresume reads) only after it has seen the
+    checkpoint's upload finish, checking every 30 s: a crash in that window resumes from an older
+    checkpoint, and every run's end waits for the last check. Checking every few seconds closes the window.
+    The setting is a private attribute of Composer's ``CheckpointSaver`` (meant for exactly this, in tests);
+    left alone if a Composer version lacks it.
+    """
+    saver = getattr(trainer, "_checkpoint_saver", None)
+    if saver is not None and hasattr(saver, "_symlink_upload_wait_before_next_try_in_seconds"):
+        saver._symlink_upload_wait_before_next_try_in_seconds = SYMLINK_RETRY_SECONDS
+
+
+def build_trainer(cfg: TrainConfig) -> Trainer:
+    """Check ``cfg`` against the storage, the data and the world, and build its Composer ``Trainer``."""
+    device = get_device(None)
+    dist.initialize_dist(device)
+    rank, world_size = dist.get_global_rank(), dist.get_world_size()
+    per_rank = _check_batch_sizes(cfg, world_size)
+    prepare_storage(cfg)
+    run_folder = cfg.resolved_run_folder
+    os.makedirs(run_folder, exist_ok=True)
+    if rank == 0:
+        with open(os.path.join(run_folder, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=1)
+
+    reproducibility.seed_all(cfg.seed)  # the same initial model on every rank and in every rerun
+    domains = [_domain(d) for d in cfg.train_loader.domains]
+    mixer = PiKEStreamingMixer(domains, cfg.global_train_batch_size, seed=cfg.seed,
+                               weights=cfg.train_loader.weights, rank=rank, world_size=world_size,
+                               shuffle_algo=cfg.train_loader.shuffle_algo, read_ahead=cfg.train_loader.read_ahead,
+                               read_ahead_workers=cfg.train_loader.read_ahead_workers,
+                               cache_limit=cfg.train_loader.cache_limit)
+    _check_data(cfg, mixer)
+    for source in mixer.sources:
+        log.info("domain %r: %d samples (%d tokens) in %d shards at %s", source.name, source.num_samples,
+                 source.num_samples * source.seq_len, len(source.shards), source.domain.where())
+
+    model = CausalLM(cfg.model, cfg.max_seq_len)
+    log.info("model: GPT-2 with %d layers, width %d, %d heads, vocabulary %d: %.2fM parameters",
+             cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.vocab_size, model.num_parameters / 1e6)
+    optimizer = DecoupledAdamW(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
+                               eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)
+    algorithms = [_pike(cfg)] if cfg.algorithms.pike is not None else []
+    if not algorithms:
+        log.info("no algorithms.pike: the weights stay %s", mixer.weights)
+    evaluators = _evaluators(cfg, mixer.domain_names)
+    callbacks: list[Any] = [LRMonitor()]
+    if cfg.batch_log:
+        callbacks.append(BatchLog(run_folder))
+
+    max_batches = cfg.batches(cfg.max_duration, "max_duration")
+    log.info("training %d steps of %d sequences (%d per rank on %d ranks) of %d tokens: %d tokens",
+             max_batches, cfg.global_train_batch_size, per_rank, world_size, cfg.max_seq_len,
+             max_batches * cfg.global_train_batch_size * cfg.max_seq_len)
+    if cfg.save_folder:
+        log.info("checkpoints every %s to %s (keeping %s)%s", cfg.save_interval, cfg.save_folder,
+                 "all" if cfg.save_num_checkpoints_to_keep < 0 else cfg.save_num_checkpoints_to_keep,
+                 "; autoresume: continuing from the latest one there if any" if cfg.autoresume else "")
+    if cfg.load_path:
+        log.info("loading the checkpoint %s", cfg.load_path)
+
+    trainer = Trainer(
+        run_name=cfg.run_name,
+        model=model,
+        train_dataloader=mixer.dataloader(),
+        max_duration=f"{max_batches}ba",
+        eval_dataloader=evaluators or None,
+        eval_interval=f"{cfg.batches(cfg.eval_interval or cfg.max_duration, 'eval_interval')}ba",
+        optimizers=optimizer,
+        schedulers=_scheduler(cfg),
+        algorithms=algorithms,
+        loggers=_loggers(cfg, run_folder),
+        callbacks=callbacks,
+        progress_bar=False,
+        log_to_console=False,
+        save_folder=cfg.save_folder,
+        save_interval=f"{cfg.batches(cfg.save_interval, 'save_interval')}ba",
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        autoresume=cfg.autoresume,
+        load_path=cfg.load_path,
+        seed=cfg.seed,
+        deterministic_mode=cfg.deterministic_mode,
+        device=device,
+        device_train_microbatch_size=cfg.device_train_microbatch_size or per_rank,
+        precision=cfg.precision,
+    )
+    _check_latest_symlink_often(trainer)
+    step = int(trainer.state.timestamp.batch)
+    if step:
+        log.info("resumed at step %d of %d: mixer at step %d, weights %s", step, max_batches, mixer.step,
+                 {n: round(w, 4) for n, w in mixer.weights.items()})
+    return trainer
