@@ -244,6 +244,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         save_overwrite=cfg.save_overwrite,
         autoresume=cfg.autoresume,
         load_path=cfg.load_path,
+        # The mixer resumes from its own state; Composer spinning the iterator forward would skip batches.
+        spin_dataloaders=False,
         seed=cfg.seed,
         deterministic_mode=cfg.deterministic_mode,
         device=device,
