@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import zipfile
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlparse
@@ -175,6 +177,49 @@ def _check_latest_symlink_often(trainer: Trainer) -> None:
         saver._symlink_upload_wait_before_next_try_in_seconds = SYMLINK_RETRY_SECONDS
 
 
+_CHECKPOINT_NAME = re.compile(r"^ep(\d+)-ba(\d+)-rank0\.pt$")  # Composer's default checkpoint filename
+_LATEST_NAME = "latest-rank0.pt"
+_INTERRUPTED_FOLDER = ".interrupted"
+
+
+def _recover_interrupted_checkpoints(folder: str) -> None:
+    """Make a local checkpoint folder left by a crash mid-save resumable again, before ``autoresume`` reads it.
+
+    Composer writes ``ep…-ba<n>-rank0.pt`` in place, then removes ``latest-rank0.pt`` and re-creates it. A
+    crash in between leaves a half-written checkpoint past ``latest`` (Composer then refuses to start, as
+    the file "may conflict with a future checkpoint"), or a whole checkpoint and no ``latest`` (autoresume
+    would start from scratch and hit the same refusal). Checkpoints newer than the one ``latest`` names
+    (all of them if it is missing) are checked for a complete zip archive (what ``torch.save`` writes, its
+    directory last): incomplete ones are moved to ``<folder>/.interrupted/`` (kept, not deleted; Composer
+    ignores hidden folders) and ``latest`` is pointed at the newest complete one.
+    """
+    if not os.path.isdir(folder):
+        return
+    checkpoints = sorted((int(m.group(2)), name) for name in os.listdir(folder)
+                         if (m := _CHECKPOINT_NAME.match(name)))
+    latest = os.path.join(folder, _LATEST_NAME)
+    target = os.path.basename(os.path.realpath(latest)) if os.path.lexists(latest) else None
+    pointed = next((batch for batch, name in checkpoints if name == target), -1)
+    newest = None
+    for batch, name in checkpoints:
+        if batch <= pointed:
+            continue
+        path = os.path.join(folder, name)
+        if zipfile.is_zipfile(path):
+            newest = name
+            continue
+        os.makedirs(os.path.join(folder, _INTERRUPTED_FOLDER), exist_ok=True)
+        os.replace(path, os.path.join(folder, _INTERRUPTED_FOLDER, name))
+        log.warning("checkpoint %s is incomplete (a crash while it was written): moved to %s/", path,
+                    os.path.join(folder, _INTERRUPTED_FOLDER))
+    if newest is not None:
+        if os.path.lexists(latest):
+            os.remove(latest)
+        os.symlink(newest, latest)
+        log.warning("%s pointed to %s; the newest complete checkpoint is %s (a crash after it was written): "
+                    "resuming from it", latest, target or "nothing", newest)
+
+
 def build_trainer(cfg: TrainConfig) -> Trainer:
     """Check ``cfg`` against the storage, the data and the world, and build its Composer ``Trainer``."""
     device = get_device(None)
@@ -182,6 +227,10 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     rank, world_size = dist.get_global_rank(), dist.get_world_size()
     per_rank = _check_batch_sizes(cfg, world_size)
     prepare_storage(cfg)
+    if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder:
+        if rank == 0:
+            _recover_interrupted_checkpoints(cfg.save_folder.format(run_name=cfg.run_name))
+        dist.barrier()
     run_folder = cfg.resolved_run_folder
     os.makedirs(run_folder, exist_ok=True)
     if rank == 0:
