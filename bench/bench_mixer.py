@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--phases", default="warm,cold,twenty",
+                        help="which measurements to run (a subset updates those entries of an existing --out)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "mixer.json"))
     args = parser.parse_args()
@@ -146,7 +148,8 @@ def main() -> None:
     results: dict = {"warm": {k: [] for k in contenders}, "cold": {k: [] for k in contenders}}
 
     # Warm: each loader reads its own local copy, decompressed by an unrecorded first pass.
-    for r in range(args.repeats):
+    phases = set(args.phases.split(","))
+    for r in range(args.repeats if "warm" in phases else 0):
         for key, extra in contenders.items():
             warm = os.path.join(work, f"warm-{key}")
             spec = {**base, **extra, "locals": {n: os.path.join(warm, n) for n in names}}
@@ -165,7 +168,7 @@ def main() -> None:
                 if f.endswith((".zstd", ".json")):
                     client.upload_file(os.path.join(work, "data", n, f), "bench-mixer", f"{n}/{f}")
         os.environ.update(server.env())
-        for r in range(args.repeats):
+        for r in range(args.repeats if "cold" in phases else 0):
             for key, extra in contenders.items():
                 cache = tempfile.mkdtemp(dir=work, prefix=f"cold-{key}-")
                 spec = {**base, **extra, "remotes": {n: f"s3://bench-mixer/{n}" for n in names},
@@ -179,7 +182,7 @@ def main() -> None:
         for i, n in enumerate(many):
             write_random_domain(os.path.join(work, "many", n), n, args.samples // 4, args.seq_len, seed=100 + i)
         twenty = {}
-        for key, extra in contenders.items():
+        for key, extra in (contenders.items() if "twenty" in phases else ()):
             copy = os.path.join(work, f"many-{key}")
             subprocess.run(["cp", "-r", os.path.join(work, "many"), copy], check=True)
             spec = {**base, **extra, "names": many, "steps": 50, "locals": {n: os.path.join(copy, n) for n in many}}
@@ -190,16 +193,22 @@ def main() -> None:
                 "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in runs),
                 "first_batch_s_median": statistics.median(r["first_batch_s"] for r in runs), "runs": runs}
 
-    report: dict = {"command": "python bench/bench_mixer.py " + " ".join(sys.argv[1:]),
+    report: dict = json.load(open(args.out)) if os.path.exists(args.out) and phases != {"warm", "cold", "twenty"} else {}
+    command = "python bench/bench_mixer.py " + " ".join(sys.argv[1:])
+    report["commands"] = [c for c in report.get("commands", [report.get("command")]) if c] + [command]
+    report |= {"command": command,
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "platform": platform.platform()},
                     "settings": vars(args) | {"child": None, "out": None}}
     for phase in ("warm", "cold"):
+        if phase not in phases:
+            continue
         report[phase] = {k: summary(v) for k, v in results[phase].items()}
         mixer = report[phase]["mixer"]["samples_per_s_median"]
         report[phase]["ratio_vs_streaming_w0"] = mixer / report[phase]["streaming_w0"]["samples_per_s_median"]
         report[phase]["ratio_vs_streaming_w2"] = mixer / report[phase]["streaming_w2"]["samples_per_s_median"]
-    report["twenty_domains"] = twenty
+    if "twenty" in phases:
+        report["twenty_domains"] = twenty
     import streaming
     import torch
     report["machine"] |= {"streaming": streaming.__version__, "torch": torch.__version__}
@@ -207,10 +216,12 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     for phase in ("warm", "cold"):
+        if phase not in report:
+            continue
         print(f"{phase}: mixer {report[phase]['mixer']['samples_per_s_median']:.0f} samples/s; "
               f"×{report[phase]['ratio_vs_streaming_w0']:.2f} vs streaming (0 workers), "
               f"×{report[phase]['ratio_vs_streaming_w2']:.2f} vs streaming (2 workers)")
-    for key, r in twenty.items():
+    for key, r in report.get("twenty_domains", {}).items():
         print(f"20 domains {key}: first batch {r['first_batch_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(+{r['rss_growth_mb']:.0f} MB from construction on)")
     print(f"wrote {args.out}")

@@ -62,3 +62,25 @@ def test_corrupt_local_shard_is_reported(tmp_path):
         for _ in range(20):
             mixer.next_batch()
     assert path.exists(), "a local domain's own files are never deleted"
+
+
+def test_truncated_index_and_missing_shard(tmp_path):
+    """A truncated index.json fails at construction; a deleted shard fails when needed; both name domain and file."""
+    from pike_stream import DomainDataError
+    from pike_stream.mixer import ShardFetchError
+
+    write_domain(str(tmp_path / "en"), "en", 60, samples_per_shard=20)
+    index = tmp_path / "en" / "index.json"
+    text = index.read_text()
+    index.write_text(text[: len(text) // 2])
+    with pytest.raises(DomainDataError, match="domain 'en': unreadable index.json"):
+        PiKEStreamingMixer([Domain("en", local=str(tmp_path / "en"))], global_batch_size=B)
+
+    index.write_text(text)
+    shard = sorted(f for f in os.listdir(tmp_path / "en") if f.endswith(".zstd"))[2]
+    os.remove(tmp_path / "en" / shard)
+    mixer = PiKEStreamingMixer([Domain("en", local=str(tmp_path / "en"))], global_batch_size=B,
+                               read_ahead=0, read_ahead_workers=0)
+    with pytest.raises(ShardFetchError, match=rf"domain 'en': cannot fetch shard {shard[:-5]}"):
+        for _ in range(20):
+            mixer.next_batch()
