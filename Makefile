@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml constraints.txt
 # The quickstart: the embedded S3 server (reused if running), a 0.3 MB-per-domain slice of the benchmark
 # corpus (Debian man pages in five languages + Python's standard library), converted to MDS on S3, then a
 # short PiKE run of yamls/quickstart.yaml whose checkpoints go to S3 too. Rerunning resumes (autoresume).
+# QUICKSTART_ARGS: extra `key=value` overrides for the training run (tests use a shorter one).
 S3ENV = eval "$$($(BIN)/pike-stream s3 env)"
+QUICKSTART_ARGS ?=
 
 quickstart: install
 	$(BIN)/pike-stream s3 start --bucket pike-quickstart
 	$(BIN)/pike-stream corpus build $(DATA)/corpus --small
 	$(S3ENV) && $(BIN)/pike-stream corpus convert $(DATA)/corpus --seq-len 128 --dest s3://pike-quickstart/mds --overwrite
-	$(S3ENV) && $(BIN)/pike-stream train yamls/quickstart.yaml
+	$(S3ENV) && $(BIN)/pike-stream train yamls/quickstart.yaml $(QUICKSTART_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q
