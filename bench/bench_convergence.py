@@ -1,0 +1,680 @@
+"""Convergence of PiKE and Balanced-PiKE against static mixtures on the multilingual corpus (CPU, small scale).
+
+    pike-stream corpus build CORPUS --max-mb-per-domain 1.5
+    pike-stream corpus convert CORPUS --seq-len 128 --dest MDS
+    python bench/bench_convergence.py --data MDS [--steps 250] [--seeds 17,18,19] [--work DIR]
+    python bench/bench_convergence.py --report-only      # md + PNGs again from the JSON
+
+Every run, sequentially in one process, trains the same tiny GPT-2 (``yamls/quickstart.yaml``'s: 2 layers,
+128 wide, byte vocabulary) with the same seed, data, steps, optimizer and schedule; only the mixing
+strategy differs: uniform, proportional, temperature, round_robin, random (static), pike, and
+balanced_pike at τ = 1 and τ = 3. Per-domain validation loss is measured every ``--eval-every`` steps on
+the same fixed batches of each domain's val split; no checkpoints are written.
+
+Runs are short, so PiKE refreshes its weights every ``--update-interval`` steps (10 here, against the
+library's default of 200 meant for long runs), after as many warm-up steps.
+
+Before the comparison, a small sweep of PiKE's step sizes (ζ1 ∈ {0.5, 1, 2} with ζ2 = 1, then ζ2 = 0.5 at
+the best ζ1; normalize on) is scored on the TRAINING split only, never on validation data: those runs
+evaluate every domain on the first batches of its train split, and the score is the final loss averaged
+over the domains with equal weight. (The loss of the mixed training batches is recorded but not used: a
+mixture of the easiest domains minimises it.) The winner is used for every pike and balanced_pike run.
+Then the extra seeds (``--seeds``) repeat pike and the best static strategy (the lowest final average
+validation loss at the first seed).
+
+Writes bench/results/convergence.json (settings, per-domain validation curves, weights trajectories,
+gradient statistics, wall times, machine, command) and, from it, bench/results/convergence.md and
+bench/results/convergence_*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+__all__ = ["build_config", "domain_statistics", "effective_domains", "main", "run_one", "steps_to_reach",
+           "summarize_run", "write_report"]
+
+RESULTS = Path(ROOT) / "bench" / "results"
+JSON_PATH = RESULTS / "convergence.json"
+MD_PATH = RESULTS / "convergence.md"
+DOMAINS = ("en", "de", "fr", "es", "ru", "code")
+STATIC = ("uniform", "proportional", "temperature", "round_robin", "random")
+TRAIN_TAIL = 20  # steps of training loss averaged to score the sweep
+SWEEP_ZETA1 = (0.5, 1.0, 2.0)  # at ζ2 = 1; then ζ2 = SWEEP_ZETA2 at the best ζ1
+SWEEP_ZETA2 = 0.5
+GOAL_STEP_RATIO = 0.8
+
+
+# ----------------------------------------------------------------------------------------------- running
+def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval_every: int,
+                 strategy: str, options: dict[str, Any], update_interval: int, eval_split: str = "val") -> Any:
+    """The run's :class:`~pike_stream.train.config.TrainConfig`: quickstart's model, optimizer and schedule
+    on local MDS folders, evaluation of every domain on the first batches of ``eval_split`` every
+    ``eval_every`` steps, no checkpoints."""
+    from pike_stream.train.config import config_from_dict
+
+    def domains(split: str) -> list[dict[str, str]]:
+        return [{"name": d, "local": os.path.join(data, d), "split": split} for d in DOMAINS]
+
+    pike: dict[str, Any] = {"strategy": strategy, **options}
+    if strategy in ("pike", "balanced_pike"):
+        pike.update(update_interval=update_interval, warmup_steps=update_interval)
+    return config_from_dict({
+        "run_name": name,
+        "seed": seed,
+        "max_seq_len": 128,
+        "global_train_batch_size": 16,
+        "device_train_microbatch_size": 16,
+        "max_duration": f"{steps}ba",
+        "eval_interval": f"{eval_every}ba",
+        "model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 258},
+        "optimizer": {"name": "decoupled_adamw", "lr": 3.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0},
+        "scheduler": {"name": "cosine_with_warmup", "t_warmup": "10ba", "alpha_f": 0.1},
+        "train_loader": {"domains": domains("train"), "read_ahead": 2},
+        "eval_loader": {"device_batch_size": 16, "max_batches": 4, "domains": domains(eval_split)},
+        "algorithms": {"pike": pike},
+        "loggers": {"progress_bar": False, "console": False},
+        "run_folder": os.path.join(work, name),
+    })
+
+
+def summarize_run(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Curves from a run's ``metrics.jsonl`` records: training loss per step, per-domain validation loss
+    per evaluation step, the weights of every step, and PiKE's statistics on update steps."""
+    train: dict[int, float] = {}
+    val: dict[int, dict[str, float]] = {}
+    weights: dict[int, list[float]] = {}
+    stats: dict[int, dict[str, Any]] = {}
+    for r in records:
+        step = int(r["step"])
+        if "loss/train/total" in r:
+            train[step] = float(r["loss/train/total"])
+        for d in DOMAINS:
+            key = f"metrics/{d}/LanguageCrossEntropy"
+            if key in r:
+                val.setdefault(step, {})[d] = float(r[key])
+        if f"pike/weight/{DOMAINS[0]}" in r:
+            weights[step] = [float(r[f"pike/weight/{d}"]) for d in DOMAINS]
+        if "pike/min_cosine" in r or any(f"pike/grad_sq/{d}" in r for d in DOMAINS):
+            entry = stats.setdefault(step, {})
+            if "pike/min_cosine" in r:
+                entry["min_cosine"] = float(r["pike/min_cosine"])
+            for stat in ("grad_sq", "variance", "loss"):
+                entry[stat] = [r.get(f"pike/{stat}/{d}") for d in DOMAINS]
+    eval_steps = sorted(s for s in val if len(val[s]) == len(DOMAINS))
+    steps = sorted(train)
+    return {
+        "train_loss": [train[s] for s in steps],
+        "train_steps": steps,
+        "eval_steps": eval_steps,
+        "val_loss": {d: [val[s][d] for s in eval_steps] for d in DOMAINS},
+        "weight_steps": sorted(weights),
+        "weights": [weights[s] for s in sorted(weights)],
+        "stats_steps": sorted(stats),
+        "stats": [stats[s] for s in sorted(stats)],
+    }
+
+
+def run_one(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Train one run and return its spec, curves and wall time."""
+    from pike_stream.train.builder import build_trainer
+    from pike_stream.train.records import read_metrics
+
+    cfg = build_config(name=spec["name"], data=args.data, work=args.work, seed=spec["seed"], steps=args.steps,
+                       eval_every=args.eval_every, strategy=spec["strategy"], options=spec["options"],
+                       update_interval=args.update_interval, eval_split=spec.get("eval_split", "val"))
+    metrics = Path(cfg.resolved_run_folder) / "metrics.jsonl"
+    if metrics.exists():
+        metrics.unlink()  # a fresh run, not an append to an older one
+    start = time.perf_counter()
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    trainer.close()
+    wall = time.perf_counter() - start
+    out = {**spec, "wall_seconds": round(wall, 1), **summarize_run(read_metrics(cfg.resolved_run_folder))}
+    tail = out["train_loss"][-TRAIN_TAIL:]
+    out["train_tail_loss"] = float(np.mean(tail)) if tail else None
+    final = _final_val(out)
+    print(f"[{spec['name']}] {wall:.0f} s, train tail {out['train_tail_loss']:.4f}, "
+          f"final val avg {final[0]:.4f} worst {final[1]:.4f}", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- analysis
+def _avg_curve(run: dict[str, Any]) -> np.ndarray:
+    return np.mean([run["val_loss"][d] for d in DOMAINS], axis=0)
+
+
+def _worst_curve(run: dict[str, Any]) -> np.ndarray:
+    return np.max([run["val_loss"][d] for d in DOMAINS], axis=0)
+
+
+def _final_val(run: dict[str, Any]) -> tuple[float, float]:
+    return float(_avg_curve(run)[-1]), float(_worst_curve(run)[-1])
+
+
+def steps_to_reach(steps: list[int], curve: np.ndarray, target: float) -> float | None:
+    """The first step where ``curve`` reaches ``target``, linearly interpolated between evaluation points
+    (None: never reached)."""
+    for i, value in enumerate(curve):
+        if value <= target:
+            if i == 0:
+                return float(steps[0])
+            prev = curve[i - 1]
+            frac = (prev - target) / (prev - value) if prev != value else 1.0
+            return float(steps[i - 1] + frac * (steps[i] - steps[i - 1]))
+    return None
+
+
+def _label(run: dict[str, Any]) -> str:
+    if run["strategy"] == "balanced_pike":
+        return f"balanced_pike(τ={run['options']['tau']:g})"
+    return run["strategy"]
+
+
+def _groups(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(_label(run), []).append(run)
+    return groups
+
+
+def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    """Per-strategy finals (mean and spread over seeds), steps to uniform's final loss, and the goals.
+
+    Each run's target is uniform's final average loss at the same seed (the first seed's where uniform did
+    not run at that seed). Strategies are ranked and the goals judged on the seeds both sides ran, so one
+    that ran more seeds is not compared by a different average.
+    """
+    runs = result["runs"]
+    groups = _groups(runs)
+    base_seed = result["settings"]["seeds"][0]
+    uniform_by_seed = {r["seed"]: r for r in groups["uniform"]}
+    targets = {seed: _final_val(r)[0] for seed, r in uniform_by_seed.items()}
+
+    def reach(run: dict[str, Any]) -> float | None:
+        return steps_to_reach(run["eval_steps"], _avg_curve(run), targets.get(run["seed"], targets[base_seed]))
+
+    table = {}
+    for label, members in groups.items():
+        finals = np.array([_final_val(r) for r in members])
+        each = [reach(r) for r in members]
+        reached = [x for x in each if x is not None]
+        sd = finals.std(axis=0, ddof=1).tolist() if len(members) > 1 else [0.0, 0.0]
+        table[label] = {
+            "seeds": [r["seed"] for r in members],
+            "final_avg": float(finals[:, 0].mean()), "final_avg_sd": sd[0],
+            "final_worst": float(finals[:, 1].mean()), "final_worst_sd": sd[1],
+            "steps_to_uniform": float(np.mean(reached)) if len(reached) == len(members) else None,
+            "steps_to_uniform_each": each,
+            "wall_seconds": float(np.mean([r["wall_seconds"] for r in members])),
+        }
+
+    def at_first_seed(label: str) -> dict[str, Any]:
+        return next(r for r in groups[label] if r["seed"] == base_seed)
+
+    static = [k for k in table if k in STATIC]
+    best_static = min(static, key=lambda k: _final_val(at_first_seed(k))[0])
+    shared = sorted({r["seed"] for r in groups["pike"]} & {r["seed"] for r in groups[best_static]})
+
+    def mean_final(label: str, index: int) -> float:
+        return float(np.mean([_final_val(r)[index] for r in groups[label] if r["seed"] in shared]))
+
+    pike_avg, static_avg = mean_final("pike", 0), mean_final(best_static, 0)
+    ratios = []
+    for seed in shared:
+        pike_run = next(r for r in groups["pike"] if r["seed"] == seed)
+        ours, theirs = reach(pike_run), (reach(uniform_by_seed[seed]) if seed in uniform_by_seed else None)
+        ratios.append(None if ours is None or theirs is None else ours / theirs)
+    worst_first = {k: _final_val(at_first_seed(k))[1] for k in table}
+    lowest_worst = min(worst_first, key=worst_first.get)
+    seeds_text = ", ".join(map(str, shared))
+    goals = {
+        "pike_final_avg_le_best_static": {
+            "met": pike_avg <= static_avg,
+            "detail": f"seeds {seeds_text}: pike {pike_avg:.4f} vs best static ({best_static}) {static_avg:.4f}"},
+        "pike_reaches_uniform_final_in_0.8x_steps": {
+            "met": bool(ratios) and all(x is not None and x <= GOAL_STEP_RATIO for x in ratios),
+            "detail": f"seeds {seeds_text}: pike's steps / uniform's steps = "
+                      + ", ".join("not reached" if x is None else f"{x:.2f}" for x in ratios)
+                      + f" (goal ≤ {GOAL_STEP_RATIO:g})"},
+        "balanced_pike_lowest_worst_domain": {
+            "met": lowest_worst.startswith("balanced_pike"),
+            "detail": f"seed {base_seed}: lowest final worst-domain loss {lowest_worst} "
+                      f"{worst_first[lowest_worst]:.4f}; balanced_pike "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in worst_first.items() if k.startswith("balanced_pike"))},
+    }
+    return {"table": table, "best_static": best_static, "uniform_targets": targets, "goals": goals}
+
+
+def _fmt_steps(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.0f}"
+
+
+# ----------------------------------------------------------------------------------------------- report
+def _plot_losses(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, members in _groups(result["runs"]).items():
+        steps = members[0]["eval_steps"]
+        for ax, fn in zip(axes, (_avg_curve, _worst_curve)):
+            curves = np.array([fn(r) for r in members])
+            mean = curves.mean(axis=0)
+            line, = ax.plot(steps, mean, marker="o", ms=3, label=f"{label} (n={len(members)})")
+            if len(members) > 1:
+                ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
+    axes[0].set_title("average validation loss over domains")
+    axes[1].set_title("worst-domain validation loss")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_steps(analysis: dict[str, Any], steps: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = analysis["table"]
+    labels = list(table)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, label in enumerate(labels):
+        reach = table[label]["steps_to_uniform_each"]
+        done = [x for x in reach if x is not None]
+        if done:
+            ax.bar(i, np.mean(done), color="tab:blue" if len(done) == len(reach) else "tab:orange")
+            ax.scatter([i] * len(done), done, color="black", s=10, zorder=3)
+        if len(done) < len(reach):
+            ax.text(i, steps * 0.05, f"not reached\n({len(reach) - len(done)} of {len(reach)})", ha="center",
+                    fontsize=7, rotation=90, va="bottom")
+    ax.axhline(steps, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("steps")
+    ax.set_title("steps to reach uniform's final average validation loss (same seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_weights(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base_seed = result["settings"]["seeds"][0]
+    runs = [r for r in result["runs"] if r["strategy"] in ("pike", "balanced_pike") and r["seed"] == base_seed]
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        w = np.array(run["weights"])
+        ax.stackplot(run["weight_steps"], w.T, labels=DOMAINS)
+        ax.set_title(_label(run))
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("weight")
+    axes[0][-1].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_cosines(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in result["runs"]:
+        points = [(s, e["min_cosine"]) for s, e in zip(run["stats_steps"], run["stats"]) if "min_cosine" in e]
+        if points and run["seed"] == result["settings"]["seeds"][0]:
+            ax.plot(*zip(*points), marker=".", label=_label(run))
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("lowest pairwise gradient cosine")
+    ax.set_title("gradient conflict between domains (sketched cosines)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _stat_matrix(run: dict[str, Any], stat: str) -> np.ndarray:
+    """``[update, domain]`` of one logged statistic (NaN where the probe had no estimate)."""
+    return np.array([[np.nan if v is None else v for v in e.get(stat, [None] * len(DOMAINS))]
+                     for e in run["stats"]], float).reshape(-1, len(DOMAINS))
+
+
+def effective_domains(weights: np.ndarray) -> np.ndarray:
+    """``exp(entropy)`` of each row of weights: K for uniform, 1 when one domain takes everything."""
+    w = np.clip(np.asarray(weights, float), 1e-12, None)
+    return np.exp(-(w * np.log(w)).sum(axis=-1))
+
+
+def domain_statistics(run: dict[str, Any], batch: int) -> dict[str, dict[str, float]]:
+    """Per domain, over an adaptive run's updates: its mean weight, the mean of its gradient estimate G
+    divided by the common scale of PiKE's ``normalize`` (mean over domains of |G| + S/b: what the step
+    multiplies by ζ1), the share of fresh estimates with G < 0
+    (only noise makes an unbiased estimate of a squared norm negative), the jitter between fresh estimates
+    of G relative to their mean (√(mean squared change / 2) / mean: estimation noise if the true G moves
+    slowly), the
+    noise of a b-sample gradient relative to its signal, (S/b)/|G|, and the share of updates that reused the
+    previous estimate unchanged (the domain had too few samples in the batch to be probed)."""
+    g, var = _stat_matrix(run, "grad_sq"), _stat_matrix(run, "variance")
+    w = np.array(run["weights"])
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = g / np.nanmean(np.abs(g) + var / batch, axis=1, keepdims=True)
+        for k, d in enumerate(DOMAINS):
+            gk = g[:, k][np.isfinite(g[:, k])]
+            stale = float(np.mean(gk[1:] == gk[:-1])) if gk.size > 1 else np.nan
+            gk = gk[np.r_[True, gk[1:] != gk[:-1]]] if gk.size else gk  # fresh estimates only
+            jitter = (np.sqrt(np.mean(np.diff(gk) ** 2) / 2) / abs(np.mean(gk))) if gk.size > 2 else np.nan
+            out[d] = {"mean_weight": float(w[:, k].mean()), "relative_G": float(np.nanmean(rel[:, k])),
+                      "negative_G_share": float(np.mean(gk < 0)) if gk.size else np.nan,
+                      "G_jitter": float(jitter),
+                      "noise_to_signal": float(np.nanmedian(var[:, k] / batch / np.abs(g[:, k]))), "stale_share": stale}
+    return out
+
+
+def _completeness(result: dict[str, Any]) -> list[str]:
+    """A line saying which requested seeds have no runs in the results (a run stopped early), if any."""
+    requested = result["settings"]["seeds"]
+    done = {r["seed"] for r in result["runs"]}
+    missing = [seed for seed in requested if seed not in done]
+    if not missing:
+        return []
+    return [f"Requested seeds {', '.join(map(str, requested))}; the benchmark was stopped before the runs of "
+            f"seed(s) {', '.join(map(str, missing))}, so these results hold seeds "
+            f"{', '.join(map(str, sorted(done)))} only.", ""]
+
+
+def _estimate_quality(result: dict[str, Any]) -> list[str]:
+    """One paragraph on how reliable the probe's G estimates were over all adaptive runs of the first seed."""
+    base_seed = result["settings"]["seeds"][0]
+    batch = result["settings"]["batch_size"]
+    negative, jitter, stale = [], [], []
+    for run in result["runs"]:
+        if run["strategy"] in ("pike", "balanced_pike") and run["seed"] == base_seed:
+            for row in domain_statistics(run, batch).values():
+                negative.append(row["negative_G_share"])
+                jitter.append(row["G_jitter"])
+                stale.append(row["stale_share"])
+    if not negative:
+        return []
+    per_domain = batch / len(DOMAINS)
+    return [f"Probe quality (pike and balanced_pike, seed {base_seed}, per domain): a batch of {batch} over "
+            f"{len(DOMAINS)} domains holds about {per_domain:.1f} samples of a domain at uniform weights, so G "
+            f"comes from two halves of about {per_domain / 2:.1f} samples. Share of fresh G estimates below zero: "
+            f"median {np.nanmedian(negative):.0%} (max {np.nanmax(negative):.0%}); jitter between fresh "
+            f"estimates: median {np.nanmedian(jitter):.2f} (1 means the noise is as large as the value); "
+            f"updates that reused a domain's previous estimate because it had fewer than 2 samples: median "
+            f"{np.nanmedian(stale):.0%} (max {np.nanmax(stale):.0%}). A reused estimate is applied again at "
+            "every update, so a domain pushed to the floor by one bad estimate tends to stay there.", ""]
+
+
+def _reading(result: dict[str, Any], a: dict[str, Any]) -> list[str]:
+    """What the numbers say, derived from them: per-domain wins and losses of PiKE against uniform, the
+    domains it starved, and how concentrated its mixture became."""
+    base_seed = result["settings"]["seeds"][0]
+    by_label = {_label(r): r for r in result["runs"] if r["seed"] == base_seed}
+    uniform = by_label["uniform"]
+    lines = []
+    for label in ("pike", "balanced_pike(τ=1)", "balanced_pike(τ=3)"):
+        run = by_label.get(label)
+        if run is None:
+            continue
+        delta = {d: run["val_loss"][d][-1] - uniform["val_loss"][d][-1] for d in DOMAINS}
+        w = np.array(run["weights"]).mean(axis=0)
+        better = [f"{d} ({delta[d]:+.3f})" for d in DOMAINS if delta[d] < 0]
+        worse = [f"{d} ({delta[d]:+.3f})" for d in DOMAINS if delta[d] >= 0]
+        starved = [f"{d} (mean weight {w[k]:.3f})" for k, d in enumerate(DOMAINS) if w[k] < 0.5 / len(DOMAINS)]
+        eff = effective_domains(np.array(run["weights"]))
+        lines.append(f"- {label} against uniform, final validation loss per domain (seed {base_seed}): better on "
+                     f"{', '.join(better) or 'none'}; worse on {', '.join(worse) or 'none'}. Domains it gave less "
+                     f"than half the uniform share on average: {', '.join(starved) or 'none'}. Its mixture "
+                     f"averaged {eff.mean():.2f} effective domains of {len(DOMAINS)}.")
+    met = [name for name, goal in a["goals"].items() if goal["met"]]
+    lines.append(f"- Goals met: {len(met)} of {len(a['goals'])}" + (f" ({', '.join(met)})." if met else "."))
+    return lines + list(result.get("notes", []))
+
+
+def write_report(result: dict[str, Any]) -> None:
+    """convergence.md and the PNGs from the results (``--report-only`` calls only this)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _plot_losses(result, RESULTS / "convergence_losses.png")
+    _plot_weights(result, RESULTS / "convergence_weights.png")
+    _plot_cosines(result, RESULTS / "convergence_cosines.png")
+    a = analyse(result)
+    s = result["settings"]
+    _plot_steps(a, s["steps"], RESULTS / "convergence_steps.png")
+    base_seed = s["seeds"][0]
+    tokens = s["steps"] * s["batch_size"] * s["seq_len"]
+    lines = [
+        "# Convergence: PiKE vs static mixtures (multilingual man pages + Python code)",
+        "",
+        f"Small-scale run on CPU ({result['machine']['cpu_count']} cores, torch {result['machine']['torch']}): "
+        f"a GPT-2 of {s['n_layer']} layers, width {s['n_embd']} ({s['parameters'] / 1e6:.2f}M parameters, "
+        f"byte vocabulary), {s['steps']} steps of {s['batch_size']} × {s['seq_len']} tokens "
+        f"({tokens / 1e6:.2f}M training tokens), AdamW lr {s['lr']:g}, cosine schedule with "
+        f"{s['warmup']} warm-up steps. Six domains ({', '.join(DOMAINS)}), ~1.5 MB of text each, so the "
+        f"size-based strategies (proportional, temperature) are almost uniform here. Validation: the first "
+        f"{s['eval_batches']} × {s['eval_batch_size']} sequences of each domain's val split, every "
+        f"{s['eval_every']} steps. PiKE refreshes its weights every {s['update_interval']} steps (after "
+        f"{s['update_interval']} warm-up steps) because the runs are short; the library's default interval is "
+        "meant for long runs. Conclusions at this scale do not carry over to the paper's 110M–1B models.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        *_completeness(result),
+        "## PiKE step sizes (sweep, scored on the training split only)",
+        "",
+        f"Seed {base_seed}, normalize on. Score: the final loss on the first {s['eval_batches']} × "
+        f"{s['eval_batch_size']} sequences of each domain's TRAIN split, averaged over the domains with equal "
+        "weight (the validation split is not looked at). The loss of the mixed training batches (last "
+        f"{TRAIN_TAIL} steps) is shown too, but not used: it is lowest for a mixture of the easiest domains.",
+        "",
+        "| ζ1 | ζ2 | score: avg train-split loss per domain | mixed-batch training loss | wall s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for run in result["sweep"]:
+        lines.append(f"| {run['options']['zeta1']:g} | {run['options']['zeta2']:g} | {run['sweep_score']:.4f} | "
+                     f"{run['train_tail_loss']:.4f} | {run['wall_seconds']:.0f} |")
+    lines += ["", f"Chosen: ζ1 = {result['chosen']['zeta1']:g}, ζ2 = {result['chosen']['zeta2']:g} "
+              "(used for every pike and balanced_pike run below)."]
+    if result["sweep"] and result["chosen"]["zeta1"] == min(r["options"]["zeta1"] for r in result["sweep"]):
+        lines[-1] += " The best ζ1 is the smallest one tried: a smaller step may do better still."
+    lines.append("")
+
+    lines += ["## Final validation loss and steps to uniform's final average loss", "",
+              "Target: uniform's final average validation loss at the same seed ("
+              + ", ".join(f"seed {k}: {v:.4f}" for k, v in sorted(a["uniform_targets"].items()))
+              + "); steps interpolated linearly between evaluations. Losses are means over the seeds listed, ± "
+              f"their sample standard deviation; rows are sorted by the seed-{base_seed} final average loss "
+              f"(column 3), the one seed every strategy ran.", "",
+              f"| strategy | seeds | seed-{base_seed} final avg | final avg val loss | final worst-domain loss | "
+              "steps to target | wall s/run |", "|---|---|---:|---:|---:|---:|---:|"]
+    first = {_label(r): _final_val(r)[0] for r in result["runs"] if r["seed"] == base_seed}
+    for label, row in sorted(a["table"].items(), key=lambda kv: first[kv[0]]):
+        sd = len(row["seeds"]) > 1
+        avg = f"{row['final_avg']:.4f}" + (f" ± {row['final_avg_sd']:.4f}" if sd else "")
+        worst = f"{row['final_worst']:.4f}" + (f" ± {row['final_worst_sd']:.4f}" if sd else "")
+        each = ", ".join(_fmt_steps(x) for x in row["steps_to_uniform_each"])
+        seeds = ", ".join(map(str, row["seeds"]))
+        wall = f"{row['wall_seconds']:.0f}"
+        lines.append(f"| {label} | {seeds} | {first[label]:.4f} | {avg} | {worst} | {each} | {wall} |")
+    lines += ["", "![steps to uniform's final loss](convergence_steps.png)", "",
+              f"Per-domain final validation loss (seed {base_seed}):", "",
+              "| strategy | " + " | ".join(DOMAINS) + " |", "|---|" + "---:|" * len(DOMAINS)]
+    for run in result["runs"]:
+        if run["seed"] == base_seed:
+            lines.append(f"| {_label(run)} | " + " | ".join(f"{run['val_loss'][d][-1]:.3f}" for d in DOMAINS) + " |")
+
+    lines += ["", "![losses](convergence_losses.png)", "", "## Goals", ""]
+    for name, goal in a["goals"].items():
+        lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
+
+    lines += ["", "## What PiKE saw", "", "![weights](convergence_weights.png)", ""]
+    for run in result["runs"]:
+        if run["strategy"] in ("pike", "balanced_pike") and run["seed"] == base_seed:
+            w = np.array(run["weights"])
+            final = ", ".join(f"{d} {x:.3f}" for d, x in zip(DOMAINS, w[-1]))
+            eff = effective_domains(w)
+            lines += [f"**{_label(run)}** (seed {base_seed}): {len(run['stats'])} updates; final weights {final}; "
+                      f"effective number of domains exp(entropy) {eff[-1]:.2f} at the end, {eff.min():.2f} at "
+                      f"the lowest, {eff.mean():.2f} on average (6 = uniform).", "",
+                      "| domain | mean weight | mean normalised G | fresh G estimates < 0 | "
+                      "G jitter between fresh estimates | median (S/b)/abs(G) | estimate reused (not re-probed) |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            for d, row in domain_statistics(run, s["batch_size"]).items():
+                lines.append(f"| {d} | {row['mean_weight']:.3f} | {row['relative_G']:.2f} | "
+                             f"{row['negative_G_share']:.0%} | {row['G_jitter']:.2f} | {row['noise_to_signal']:.3g} | "
+                             f"{row['stale_share']:.0%} |")
+            lines.append("")
+    lines += _estimate_quality(result)
+    cosines = [e["min_cosine"] for r in result["runs"] for e in r["stats"] if "min_cosine" in e]
+    if cosines:
+        lines += ["", f"Lowest pairwise gradient cosine over all updates of all adaptive runs: min "
+                  f"{min(cosines):.3f}, median {np.median(cosines):.3f}, max {max(cosines):.3f} "
+                  f"({len(cosines)} updates).", "", "![cosines](convergence_cosines.png)"]
+    lines += ["", "## Reading", "", *_reading(result, a), ""]
+    MD_PATH.write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- main
+def _machine() -> dict[str, Any]:
+    import torch
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+
+
+def _rounded(value: Any) -> Any:
+    """``value`` with every float kept to 6 significant digits (the curves' noise is far larger)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _save(result: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    JSON_PATH.write_text(json.dumps(_rounded(result), separators=(",", ":")) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="folder with <domain>/{train,val} MDS shards (`pike-stream corpus convert`)")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pike-convergence"),
+                        help="folder for the run folders (metrics.jsonl)")
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--update-interval", type=int, default=10)
+    parser.add_argument("--seeds", default="17", help="comma-separated; the first one runs every strategy, the "
+                        "others repeat pike and the best static strategy")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the ζ sweep (use ζ1 = ζ2 = 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); one is "
+                        "fastest for this tiny model on a shared machine (≈0.24 s per step against ≈1.1 s with two "
+                        "threads contending with other work)")
+    parser.add_argument("--report-only", action="store_true", help="regenerate md and PNGs from the JSON")
+    args = parser.parse_args(argv)
+
+    if args.report_only:
+        if not JSON_PATH.exists():
+            parser.error(f"--report-only: no results at {JSON_PATH}; run the benchmark first")
+        write_report(json.loads(JSON_PATH.read_text()))
+        print(f"wrote {MD_PATH}")
+        return 0
+    if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
+        parser.error(f"--data must hold {', '.join(DOMAINS)} each with train/ and val/ (`pike-stream corpus convert "
+                     "CORPUS --seq-len 128 --dest DIR`)")
+    import logging
+    import torch
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    base = seeds[0]
+    from pike_stream.train.model import CausalLM
+    from pike_stream.train.config import ModelConfig
+    result: dict[str, Any] = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "machine": _machine(),
+        "settings": {"steps": args.steps, "eval_every": args.eval_every, "update_interval": args.update_interval,
+                     "seeds": seeds, "batch_size": 16, "seq_len": 128, "n_layer": 2, "n_embd": 128, "lr": 3.0e-3,
+                     "warmup": 10, "eval_batches": 4, "eval_batch_size": 16, "domains": list(DOMAINS),
+                     "parameters": CausalLM(ModelConfig(), 128).num_parameters},
+        "sweep": [], "runs": [],
+    }
+    started = time.perf_counter()
+
+    if args.no_sweep:
+        result["chosen"] = {"zeta1": 1.0, "zeta2": 1.0}
+    else:
+        def sweep(zeta1: float, zeta2: float) -> None:
+            spec = {"name": f"sweep-z1_{zeta1:g}-z2_{zeta2:g}", "strategy": "pike", "seed": base,
+                    "eval_split": "train", "options": {"zeta1": zeta1, "zeta2": zeta2, "normalize": True}}
+            run = run_one(spec, args)
+            run["sweep_score"] = _final_val(run)[0]
+            result["sweep"].append(run)
+            _save(result)
+
+        def best() -> dict[str, Any]:
+            return min(result["sweep"], key=lambda r: r["sweep_score"])
+
+        for zeta1 in SWEEP_ZETA1:
+            sweep(zeta1, 1.0)
+        sweep(best()["options"]["zeta1"], SWEEP_ZETA2)
+        result["chosen"] = {"zeta1": best()["options"]["zeta1"], "zeta2": best()["options"]["zeta2"]}
+    chosen = {**result["chosen"], "normalize": True}
+
+    def spec_for(label: str, seed: int) -> dict[str, Any]:
+        if label == "pike":
+            return {"name": f"pike-s{seed}", "strategy": "pike", "seed": seed, "options": dict(chosen)}
+        if label.startswith("balanced_pike"):
+            tau = float(label.split("=")[1].rstrip(")"))
+            return {"name": f"balanced_pike-tau{tau:g}-s{seed}", "strategy": "balanced_pike", "seed": seed,
+                    "options": {**chosen, "tau": tau}}
+        return {"name": f"{label}-s{seed}", "strategy": label, "seed": seed, "options": {}}
+
+    labels = [*STATIC, "pike", "balanced_pike(τ=1)", "balanced_pike(τ=3)"]
+    for label in labels:
+        result["runs"].append(run_one(spec_for(label, base), args))
+        _save(result)
+    best_static = analyse(result)["best_static"]
+    for seed in seeds[1:]:
+        for label in ("pike", best_static):
+            result["runs"].append(run_one(spec_for(label, seed), args))
+            _save(result)
+    result["total_wall_seconds"] = round(time.perf_counter() - started, 1)
+    _save(result)
+    write_report(result)
+    print(f"wrote {JSON_PATH} and {MD_PATH} ({result['total_wall_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
