@@ -433,3 +433,43 @@ def test_two_ranks_resumed_on_one_rank_see_the_same_global_batches(s3_env: Any, 
     got = _metrics_by_step(resumed, ("pike/weight/",))
     assert got == expected
     assert expected[13] != expected[0], "the PiKE refresh did not move the weights: the test would prove little"
+
+
+@pytest.mark.slow
+def test_sigkill_with_checkpoints_on_s3_and_autoresume(s3_env: Any, s3_bucket: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       in_process_dist: None) -> None:
+    """Checkpoints on the embedded S3: SIGKILL once a checkpoint has reached the bucket, rerun the same
+    command, and the run continues with exactly the uninterrupted run's batches, weights and losses."""
+    from pike_stream.train import load_config, train
+
+    monkeypatch.setenv("PIKE_STREAM_HOME", str(tmp_path / "home"))
+    _upload_domains(tmp_path / "data", s3_bucket, s3_env.settings)
+    # Long enough that the kill lands mid-run although the first upload to S3 takes a while.
+    path = _write_yaml(tmp_path / "tiny.yaml", _config(s3_bucket, max_duration="48ba", eval_interval="16ba"))
+    reference = tmp_path / "reference"
+    train(load_config(path, [f"run_folder={reference}", f"save_folder={reference / 'ckpt'}"]))
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    command = _train_command(path, f"run_folder={resumed}", f"save_folder=s3://{s3_bucket}/ckpt/killed",
+                             "autoresume=true")
+    with open(resumed / "killed-run.log", "w") as log_file:
+        proc = subprocess.Popen(command, cwd=resumed, env=_env(), stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 400
+        try:
+            # Kill once the first checkpoint's `latest` pointer is in the bucket (Composer uploads it last).
+            while "ckpt/killed/latest-rank0.pt.symlink" not in _s3_keys(s3_env.settings, s3_bucket, "ckpt/killed/"):
+                assert proc.poll() is None, (resumed / "killed-run.log").read_text()[-6000:]
+                assert time.monotonic() < deadline, "no checkpoint reached S3 in 400 s"
+                time.sleep(0.2)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    killed_at = _last_step(resumed)
+    output = _run(command, resumed, timeout=400)
+    assert 4 <= _resumed_step(output) <= killed_at + 1
+    _assert_same_batches(reference, resumed, 48)
+    prefixes = ("pike/", "loss/", "metrics/")
+    assert _metrics_by_step(resumed, prefixes) == _metrics_by_step(reference, prefixes)

@@ -290,7 +290,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         save_folder=cfg.save_folder,
         save_interval=f"{cfg.batches(cfg.save_interval, 'save_interval')}ba",
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=cfg.save_overwrite,
+        # A run killed after uploading a checkpoint but before its `latest` pointer resumes from the one
+        # before and writes the same checkpoints again (resumption is exact): let it replace them.
+        save_overwrite=cfg.save_overwrite or cfg.autoresume,
         autoresume=cfg.autoresume,
         load_path=cfg.load_path,
         # The mixer resumes from its own state; Composer spinning the iterator forward would skip batches.
