@@ -35,6 +35,18 @@ quickstart: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The benchmarks (by hand, ~1.5 hours on 2 cores): each writes JSON to bench/results/; the convergence
+# report (bench/results/convergence.md + PNGs) is generated from its JSON.
+bench: install
+	$(BIN)/python bench/bench_convert.py
+	$(BIN)/python bench/bench_mixer.py
+	$(BIN)/python bench/bench_overhead.py
+	$(BIN)/python bench/bench_load.py
+	$(BIN)/pike-stream corpus build $(DATA)/bench-corpus --max-mb-per-domain 1.5
+	$(BIN)/pike-stream corpus convert $(DATA)/bench-corpus --seq-len 128 --dest $(DATA)/bench-corpus/mds --overwrite
+	$(BIN)/python bench/bench_convergence.py --data $(DATA)/bench-corpus/mds --work $(DATA)/bench-runs \
+		--steps 250 --eval-every 50 --update-interval 10 --seeds 17,18,19
+
 test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'
 
