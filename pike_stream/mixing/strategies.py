@@ -264,7 +264,7 @@ class PiKEStrategy:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BalancedPiKEStrategy:
+class BalancedPiKEStrategy(PiKEStrategy):
     """Balanced-PiKE: PiKE on the tilted objective (:func:`~pike_stream.mixing.balanced.balanced_pike_step`).
 
     Options: those of :class:`PiKEStrategy` plus ``tau`` > 0, the tilt (τ → 0: plain PiKE when
@@ -272,20 +272,11 @@ class BalancedPiKEStrategy:
     """
 
     name: ClassVar[str] = "balanced_pike"
-    adaptive: ClassVar[bool] = True
     tau: float = 1.0
-    zeta1: float = 1.0
-    zeta2: float = 1.0
-    min_weight: float = 0.01
-    normalize: bool = True
-    initial: str = "uniform"
 
     def __post_init__(self) -> None:
         _check_number(self.name, "tau", self.tau, minimum=0.0, strict=True)
-        _check_pike_options(self)
-
-    def initial_weights(self, sizes: np.ndarray) -> np.ndarray:
-        return _adaptive_initial(sizes, self.initial, self.min_weight)
+        super().__post_init__()
 
     def weights(self, step: int, previous: np.ndarray, stats: DomainStats | None, batch_size: int) -> np.ndarray:
         """``previous`` without ``stats``; with them, one Balanced-PiKE step from ``previous``."""
