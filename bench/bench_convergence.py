@@ -2,25 +2,24 @@
 
     pike-stream corpus build CORPUS --max-mb-per-domain 1.5
     pike-stream corpus convert CORPUS --seq-len 128 --dest MDS
-    python bench/bench_convergence.py --data MDS [--steps 250] [--seeds 17,18,19] [--work DIR]
+    python bench/bench_convergence.py --data MDS [--steps 1000] [--seeds 17,18,19] [--jobs 2] [--work DIR]
     python bench/bench_convergence.py --report-only      # md + PNGs again from the JSON
 
-Every run, sequentially in one process, trains the same tiny GPT-2 (``yamls/quickstart.yaml``'s: 2 layers,
-128 wide, byte vocabulary) with the same seed, data, steps, optimizer and schedule; only the mixing
-strategy differs: uniform, proportional, temperature, round_robin, random (static), pike, and
-balanced_pike at τ = 1 and τ = 3. Per-domain validation loss is measured every ``--eval-every`` steps on
-the same fixed batches of each domain's val split; no checkpoints are written.
+Every run trains the same tiny GPT-2 (``yamls/quickstart.yaml``'s: 2 layers, 128 wide, byte vocabulary) with
+the same seed, data, steps, optimizer and schedule; only the mixing strategy differs: uniform, proportional,
+temperature, round_robin, random (static), pike, and balanced_pike at τ = 1 and τ = 3. Per-domain validation
+loss is measured every ``--eval-every`` steps on the same fixed batches of each domain's val split; no
+checkpoints are written. ``--jobs`` runs train at once, each alone in a single-threaded process, so results
+do not depend on it.
 
-Runs are short, so PiKE refreshes its weights every ``--update-interval`` steps (10 here, against the
-library's default of 200 meant for long runs), after as many warm-up steps.
-
-Before the comparison, a small sweep of PiKE's step sizes (ζ1 ∈ {0.5, 1, 2} with ζ2 = 1, then ζ2 = 0.5 at
-the best ζ1; normalize on) is scored on the TRAINING split only, never on validation data: those runs
-evaluate every domain on the first batches of its train split, and the score is the final loss averaged
-over the domains with equal weight. (The loss of the mixed training batches is recorded but not used: a
-mixture of the easiest domains minimises it.) The winner is used for every pike and balanced_pike run.
-Then the extra seeds (``--seeds``) repeat pike and the best static strategy (the lowest final average
-validation loss at the first seed).
+Before the comparison, a small sweep of PiKE's settings is scored on the TRAINING split only, never on
+validation data: those runs evaluate every domain on the first batches of its train split, and the score is
+the final loss averaged over the domains with equal weight. (The loss of the mixed training batches is
+recorded but not used: a mixture of the easiest domains minimises it.) Stage 1 tries step sizes ζ1 = ζ2 in
+``SWEEP_ZETA``; stage 2 changes one setting at a time from stage 1's best (ζ2, update interval, ema,
+min_weight, normalize: :func:`sweep_stage2`). The best run's settings are used for every pike and
+balanced_pike run. Then the extra seeds (``--seeds``) repeat pike, the best static strategy (the lowest final
+average validation loss at the first seed) and uniform (the target of "steps to uniform's final loss").
 
 Writes bench/results/convergence.json (settings, per-domain validation curves, weights trajectories,
 gradient statistics, wall times, machine, command) and, from it, bench/results/convergence.md and
@@ -36,6 +35,7 @@ import platform
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,19 @@ MD_PATH = RESULTS / "convergence.md"
 DOMAINS = ("en", "de", "fr", "es", "ru", "code")
 STATIC = ("uniform", "proportional", "temperature", "round_robin", "random")
 TRAIN_TAIL = 20  # steps of training loss averaged to score the sweep
-SWEEP_ZETA1 = (0.5, 1.0, 2.0)  # at ζ2 = 1; then ζ2 = SWEEP_ZETA2 at the best ζ1
-SWEEP_ZETA2 = 0.5
+# The sweep, in two stages on the first seed. Stage 1: the step size ζ1 = ζ2 = ζ. Stage 2: one change at a
+# time from stage 1's best. The chosen settings are those of the best run of either stage (a tested
+# configuration, not a combination of separately tested changes).
+SWEEP_BASE = {"normalize": True, "update_interval": 25, "ema": 0.0, "min_weight": 0.01}
+SWEEP_ZETA = (0.05, 0.15, 0.5, 1.5)
+
+
+def sweep_stage2(best: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stage 2 of the sweep: option sets that change one thing in stage 1's best ``best``."""
+    zeta = best["zeta1"]
+    return [{**best, "zeta2": 0.0}, {**best, "zeta2": 4 * zeta},
+            {**best, "update_interval": 10}, {**best, "update_interval": 50},
+            {**best, "ema": 0.8}, {**best, "min_weight": 0.05}, {**best, "normalize": False}]
 GOAL_STEP_RATIO = 0.8
 
 
@@ -72,7 +83,8 @@ def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval
 
     pike: dict[str, Any] = {"strategy": strategy, **options}
     if strategy in ("pike", "balanced_pike"):
-        pike.update(update_interval=update_interval, warmup_steps=update_interval)
+        pike.setdefault("update_interval", update_interval)
+        pike["warmup_steps"] = pike["update_interval"]
     return config_from_dict({
         "run_name": name,
         "seed": seed,
@@ -481,29 +493,36 @@ def write_report(result: dict[str, Any]) -> None:
         f"{s['warmup']} warm-up steps. Six domains ({', '.join(DOMAINS)}), ~1.5 MB of text each, so the "
         f"size-based strategies (proportional, temperature) are almost uniform here. Validation: the first "
         f"{s['eval_batches']} × {s['eval_batch_size']} sequences of each domain's val split, every "
-        f"{s['eval_every']} steps. PiKE refreshes its weights every {s['update_interval']} steps (after "
-        f"{s['update_interval']} warm-up steps) because the runs are short; the library's default interval is "
-        "meant for long runs. Conclusions at this scale do not carry over to the paper's 110M–1B models.",
+        f"{s['eval_every']} steps. PiKE and Balanced-PiKE use the settings the sweep below chose, with as many "
+        "warm-up steps as their update interval. Conclusions at this scale do not carry over to the paper's "
+        "110M–1B models.",
         "",
         f"Command: `{result['command']}`",
         "",
         *_completeness(result),
-        "## PiKE step sizes (sweep, scored on the training split only)",
+        "## PiKE's settings (sweep, scored on the training split only)",
         "",
-        f"Seed {base_seed}, normalize on. Score: the final loss on the first {s['eval_batches']} × "
+        f"Seed {base_seed}, pike strategy. Score: the final loss on the first {s['eval_batches']} × "
         f"{s['eval_batch_size']} sequences of each domain's TRAIN split, averaged over the domains with equal "
         "weight (the validation split is not looked at). The loss of the mixed training batches (last "
-        f"{TRAIN_TAIL} steps) is shown too, but not used: it is lowest for a mixture of the easiest domains.",
+        f"{TRAIN_TAIL} steps) is shown too, but not used: it is lowest for a mixture of the easiest domains. "
+        "Stage 1 tries step sizes ζ1 = ζ2; stage 2 changes one setting at a time from stage 1's best. The "
+        "chosen settings are those of the best run.",
         "",
-        "| ζ1 | ζ2 | score: avg train-split loss per domain | mixed-batch training loss | wall s |",
-        "|---:|---:|---:|---:|---:|",
+        "| ζ1 | ζ2 | update interval | ema | min_weight | normalize | score: avg train-split loss per domain | "
+        "mixed-batch training loss | wall s |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for run in result["sweep"]:
-        lines.append(f"| {run['options']['zeta1']:g} | {run['options']['zeta2']:g} | {run['sweep_score']:.4f} | "
+    for run in sorted(result["sweep"], key=lambda r: r["sweep_score"]):
+        o = run["options"]
+        lines.append(f"| {o['zeta1']:g} | {o['zeta2']:g} | {o['update_interval']} | {o['ema']:g} | "
+                     f"{o['min_weight']:g} | {'on' if o['normalize'] else 'off'} | {run['sweep_score']:.4f} | "
                      f"{run['train_tail_loss']:.4f} | {run['wall_seconds']:.0f} |")
-    lines += ["", f"Chosen: ζ1 = {result['chosen']['zeta1']:g}, ζ2 = {result['chosen']['zeta2']:g} "
+    c = result["chosen"]
+    lines += ["", f"Chosen: ζ1 = {c['zeta1']:g}, ζ2 = {c['zeta2']:g}, update interval {c['update_interval']}, "
+              f"ema {c['ema']:g}, min_weight {c['min_weight']:g}, normalize {'on' if c['normalize'] else 'off'} "
               "(used for every pike and balanced_pike run below)."]
-    if result["sweep"] and result["chosen"]["zeta1"] == min(r["options"]["zeta1"] for r in result["sweep"]):
+    if result["sweep"] and c["zeta1"] == min(r["options"]["zeta1"] for r in result["sweep"]):
         lines[-1] += " The best ζ1 is the smallest one tried: a smaller step may do better still."
     lines.append("")
 
@@ -585,20 +604,38 @@ def _save(result: dict[str, Any]) -> None:
     JSON_PATH.write_text(json.dumps(_rounded(result), separators=(",", ":")) + "\n")
 
 
+def _worker_init(threads: int) -> None:
+    """Each run process: quiet logs and ``threads`` torch threads."""
+    import logging
+    import torch
+    logging.basicConfig(level=logging.WARNING)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _spec_name(prefix: str, options: dict[str, Any]) -> str:
+    short = {"zeta1": "z1", "zeta2": "z2", "update_interval": "T", "ema": "ema", "min_weight": "mw",
+             "normalize": "norm", "tau": "tau"}
+    return prefix + "".join(f"-{short[k]}_{v:g}" if not isinstance(v, bool) else f"-{short[k]}_{int(v)}"
+                            for k, v in options.items() if k in short)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="folder with <domain>/{train,val} MDS shards (`pike-stream corpus convert`)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pike-convergence"),
                         help="folder for the run folders (metrics.jsonl)")
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--update-interval", type=int, default=10)
-    parser.add_argument("--seeds", default="17", help="comma-separated; the first one runs every strategy, the "
-                        "others repeat pike and the best static strategy")
-    parser.add_argument("--no-sweep", action="store_true", help="skip the ζ sweep (use ζ1 = ζ2 = 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); one is "
-                        "fastest for this tiny model on a shared machine (≈0.24 s per step against ≈1.1 s with two "
-                        "threads contending with other work)")
+    parser.add_argument("--update-interval", type=int, default=SWEEP_BASE["update_interval"],
+                        help="PiKE's T0 when --no-sweep (the sweep chooses it otherwise)")
+    parser.add_argument("--seeds", default="17,18,19", help="comma-separated; the first one runs every strategy, "
+                        "the others repeat pike, the best static strategy and uniform")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the sweep (ζ1 = ζ2 = 0.1, the defaults)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once, each in its own process "
+                        "(results do not depend on it: every run is seeded and alone in its process)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default); one "
+                        "is fastest for this tiny model (≈0.24 s per step)")
     parser.add_argument("--report-only", action="store_true", help="regenerate md and PNGs from the JSON")
     args = parser.parse_args(argv)
 
@@ -611,47 +648,53 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
         parser.error(f"--data must hold {', '.join(DOMAINS)} each with train/ and val/ (`pike-stream corpus convert "
                      "CORPUS --seq-len 128 --dest DIR`)")
-    import logging
-    import torch
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.jobs < 1:
+        parser.error("--jobs must be ≥ 1")
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
     seeds = [int(x) for x in args.seeds.split(",")]
     base = seeds[0]
     from pike_stream.train.model import CausalLM
     from pike_stream.train.config import ModelConfig
     result: dict[str, Any] = {
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "machine": _machine(),
-        "settings": {"steps": args.steps, "eval_every": args.eval_every, "update_interval": args.update_interval,
-                     "seeds": seeds, "batch_size": 16, "seq_len": 128, "n_layer": 2, "n_embd": 128, "lr": 3.0e-3,
-                     "warmup": 10, "eval_batches": 4, "eval_batch_size": 16, "domains": list(DOMAINS),
+        "machine": {**_machine(), "threads": args.threads, "jobs": args.jobs},
+        "settings": {"steps": args.steps, "eval_every": args.eval_every, "seeds": seeds, "batch_size": 16,
+                     "seq_len": 128, "n_layer": 2, "n_embd": 128, "lr": 3.0e-3, "warmup": 10, "eval_batches": 4,
+                     "eval_batch_size": 16, "domains": list(DOMAINS),
                      "parameters": CausalLM(ModelConfig(), 128).num_parameters},
         "sweep": [], "runs": [],
     }
     started = time.perf_counter()
+    lock = threading.Lock()  # completion callbacks run on the pool's thread
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(args.threads,))
 
-    if args.no_sweep:
-        result["chosen"] = {"zeta1": 1.0, "zeta2": 1.0}
-    else:
-        def sweep(zeta1: float, zeta2: float) -> None:
-            spec = {"name": f"sweep-z1_{zeta1:g}-z2_{zeta2:g}", "strategy": "pike", "seed": base,
-                    "eval_split": "train", "options": {"zeta1": zeta1, "zeta2": zeta2, "normalize": True}}
-            run = run_one(spec, args)
-            run["sweep_score"] = _final_val(run)[0]
-            result["sweep"].append(run)
-            _save(result)
+    def submit(spec: dict[str, Any], into: str) -> Future:
+        future = pool.submit(run_one, spec, args)
 
-        def best() -> dict[str, Any]:
-            return min(result["sweep"], key=lambda r: r["sweep_score"])
+        def done(f: Future) -> None:
+            if f.exception() is not None:
+                return  # raised again by wait()
+            run = f.result()
+            if into == "sweep":
+                run["sweep_score"] = _final_val(run)[0]
+            with lock:
+                result[into].append(run)
+                _save(result)
+        future.add_done_callback(done)
+        return future
 
-        for zeta1 in SWEEP_ZETA1:
-            sweep(zeta1, 1.0)
-        sweep(best()["options"]["zeta1"], SWEEP_ZETA2)
-        result["chosen"] = {"zeta1": best()["options"]["zeta1"], "zeta2": best()["options"]["zeta2"]}
-    chosen = {**result["chosen"], "normalize": True}
+    def wait(futures: list[Future]) -> None:
+        for f in futures:
+            f.result()
 
-    def spec_for(label: str, seed: int) -> dict[str, Any]:
+    def sweep_spec(options: dict[str, Any]) -> dict[str, Any]:
+        return {"name": _spec_name("sweep", options), "strategy": "pike", "seed": base, "eval_split": "train",
+                "options": options}
+
+    def spec_for(label: str, seed: int, chosen: dict[str, Any]) -> dict[str, Any]:
         if label == "pike":
             return {"name": f"pike-s{seed}", "strategy": "pike", "seed": seed, "options": dict(chosen)}
         if label.startswith("balanced_pike"):
@@ -660,15 +703,26 @@ def main(argv: list[str] | None = None) -> int:
                     "options": {**chosen, "tau": tau}}
         return {"name": f"{label}-s{seed}", "strategy": label, "seed": seed, "options": {}}
 
-    labels = [*STATIC, "pike", "balanced_pike(τ=1)", "balanced_pike(τ=3)"]
-    for label in labels:
-        result["runs"].append(run_one(spec_for(label, base), args))
-        _save(result)
-    best_static = analyse(result)["best_static"]
-    for seed in seeds[1:]:
-        for label in ("pike", best_static):
-            result["runs"].append(run_one(spec_for(label, seed), args))
-            _save(result)
+    with pool:
+        stage1 = [] if args.no_sweep else [submit(sweep_spec({"zeta1": z, "zeta2": z, **SWEEP_BASE}), "sweep")
+                                           for z in SWEEP_ZETA]
+        # The static runs do not depend on the sweep: they fill the workers while it runs.
+        static = [submit(spec_for(label, base, {}), "runs") for label in STATIC]
+        if args.no_sweep:
+            result["chosen"] = {"zeta1": 0.1, "zeta2": 0.1, **SWEEP_BASE, "update_interval": args.update_interval}
+        else:
+            wait(stage1)
+            best1 = min(result["sweep"], key=lambda r: r["sweep_score"])["options"]
+            wait([submit(sweep_spec(options), "sweep") for options in sweep_stage2(best1)])
+            result["chosen"] = dict(min(result["sweep"], key=lambda r: r["sweep_score"])["options"])
+        chosen = result["chosen"]
+        adaptive = [submit(spec_for(label, base, chosen), "runs")
+                    for label in ("pike", "balanced_pike(τ=1)", "balanced_pike(τ=3)")]
+        wait(static)
+        best_static = min((r for r in result["runs"] if r["strategy"] in STATIC), key=lambda r: _final_val(r)[0])
+        repeats = ["pike", best_static["strategy"]] + (["uniform"] if best_static["strategy"] != "uniform" else [])
+        extra = [submit(spec_for(label, seed, chosen), "runs") for seed in seeds[1:] for label in repeats]
+        wait(adaptive + extra)
     result["total_wall_seconds"] = round(time.perf_counter() - started, 1)
     _save(result)
     write_report(result)

@@ -14,7 +14,9 @@ Three measurements, in one process, on the same model and synthetic domains (ran
   previous step's gradients are alive while the probe runs), counted by a dispatch mode that sees every
   tensor an operator allocates; the extra is compared with the parameters' bytes (one gradient buffer).
 
-Writes bench/results/overhead.json (machine, command, settings, results).
+Writes bench/results/overhead.json (machine, command, settings, results) and, from it, overhead.png (the
+overhead against the update interval for each K, with the end-to-end measurements); ``--plot-only`` redraws
+the plot from the JSON.
 """
 
 from __future__ import annotations
@@ -355,6 +357,36 @@ def machine() -> dict[str, Any]:
             "torch": torch.__version__, "load_average_at_start": os.getloadavg()}
 
 
+def plot(result: dict[str, Any], path: str) -> None:
+    """overhead.png: predicted step-time overhead (probe / step / T0) against T0 for every K, and the
+    end-to-end overhead measured in Composer (K = END_TO_END_K) at the intervals it ran."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in result["probe_vs_step"]:
+        intervals = sorted(int(t) for t in row["predicted_overhead"])
+        ax.plot(intervals, [100 * row["predicted_overhead"][str(t)] for t in intervals], marker="o",
+                label=f"K = {row['domains']}, predicted (a probe costs {row['probe_over_step']:.1f} steps)")
+    e2e = result["end_to_end"]
+    points = sorted((arm["update_interval"], 100 * arm["wall_overhead"]) for arm in e2e["pike"].values())
+    ax.scatter(*zip(*points), marker="x", s=60, color="black", zorder=3,
+               label=f"measured in Composer, K = {e2e['domains']} (wall time)")
+    ax.axhline(2.0, color="grey", lw=0.8, ls="--")
+    ax.text(10, 2.2, "2% goal", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("update interval T0 (steps)")
+    ax.set_ylabel("step-time overhead of PiKE (%)")
+    ax.set_title("PiKE's overhead vs static weights")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -363,7 +395,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="probe timings per K (probe vs step)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds of 10 steps, 2 repeats")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "overhead.json"))
+    parser.add_argument("--plot-only", action="store_true", help="redraw overhead.png from the JSON at --out")
     args = parser.parse_args(argv)
+    png = os.path.splitext(args.out)[0] + ".png"
+    if args.plot_only:
+        with open(args.out) as f:
+            result = json.load(f)
+        plot(result, png)
+        print(f"wrote {png}")
+        return result
     if args.quick:
         args.chunk, args.rounds, args.repeats = 10, 2, 2
     torch.set_num_threads(args.threads)
@@ -393,7 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {args.out} in {result['seconds']:.0f}s")
+    plot(result, png)
+    print(f"wrote {args.out} and {png} in {result['seconds']:.0f}s")
     return result
 
 
