@@ -45,7 +45,7 @@ bench: install
 	$(BIN)/pike-stream corpus build $(DATA)/bench-corpus --max-mb-per-domain 1.5
 	$(BIN)/pike-stream corpus convert $(DATA)/bench-corpus --seq-len 128 --dest $(DATA)/bench-corpus/mds --overwrite
 	$(BIN)/python bench/bench_convergence.py --data $(DATA)/bench-corpus/mds --work $(DATA)/bench-runs \
-		--steps 250 --eval-every 50 --update-interval 10 --seeds 17,18,19
+		--steps 1000 --eval-every 50 --seeds 17,18,19 --jobs 2
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'

@@ -86,13 +86,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_UPDATE_INTERVAL = 200
-"""T0, steps between PiKE updates. The training-time overhead is about (probe time / step time) / T0. A probe
-is about one extra forward and backward pass of the batch, but in 2K pieces (two halves per domain), so
-on small models it costs more: 1.3, 2.1 and 5.7 training steps for K = 2, 8 and 32 domains in a batch of 64
-on a 0.7M-parameter GPT-2 on CPU (bench/bench_overhead.py, bench/results/overhead.json). At T0 = 200 that is
-0.6%, 1.0% and 2.8%, and 1.2% measured end to end in Composer for K = 8: within 2% up to about ten domains.
-Many domains in small batches need a larger T0."""
+DEFAULT_UPDATE_INTERVAL = 25
+"""T0, steps between PiKE updates: the largest interval that beat uniform weights in the benchmark's sweep
+(bench/results/convergence.md: 1,000 steps, 0.45M-parameter GPT-2, six domains; T0 = 10 scored best, 25
+next, 50 and longer intervals with proportionally larger steps lost to uniform weights). Shorter is better
+there but costs more: the training-time overhead is about (probe time / step time) / T0, and a probe is one
+extra forward and backward pass of the batch in 2K pieces (two halves per domain), 1.3, 2.1 and 5.7 training
+steps for K = 2, 8 and 32 domains on a small GPT-2 on CPU (bench/results/overhead.json). At T0 = 25 that is
+about 5%, 8% and 23% there; T0 = 200 keeps it within about 1% for K ≤ 8. Raise it for many domains or long
+runs."""
 
 DEFAULT_CONFLICT_THRESHOLD = -0.2
 """Warn when the lowest pairwise cosine between domain gradients falls below this. PiKE's bound assumes low

@@ -4,7 +4,7 @@ A strategy turns (step, the weights in force, fresh statistics or ``None``, the 
 the weights for that step. It holds only its options — no counters, no RNG state — so the weights of a
 run are a pure function of its inputs and a resumed run reproduces them::
 
-    strategy = get_strategy("pike", zeta1=1.0, zeta2=1.0)
+    strategy = get_strategy("pike", zeta1=0.05, zeta2=0.05)
     w = strategy.initial_weights(sizes)                    # the weights in force at step 0
     for step in range(1, num_steps):
         stats = probe(...) if step % T0 == 0 else None     # DomainStats, or None between refreshes
@@ -12,8 +12,10 @@ run are a pure function of its inputs and a resumed run reproduces them::
 
 Static strategies never look at ``stats``; adaptive ones (``adaptive = True``) move only when given some.
 Every option is keyword-only, typed and checked when the strategy is built; a wrong name or value is a
-``ValueError`` that names the option. The defaults of the adaptive strategies are provisional: they are
-sensible starting points on the normalised scale, to be replaced by values tuned on the project's benchmark.
+``ValueError`` that names the option. PiKE's and Balanced-PiKE's defaults (ζ1 = ζ2 = 0.05, normalize on,
+min_weight 0.01) come from the sweep in bench/results/convergence.md (bench/bench_convergence.py): larger
+steps lost to uniform weights there, and the floor never bound. Conceptual PiKE's constants are the paper's
+and carry the gradient scale, so its defaults are only starting points.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class RandomStrategy:
 class PiKEStrategy:
     """Practical PiKE: a multiplicative step on every statistics refresh (:func:`~pike_stream.mixing.pike.pike_step`).
 
-    Options (defaults provisional, see the module docstring):
+    Options (defaults from the benchmark's sweep, see the module docstring):
         zeta1: step size of the gradient term ``ζ1`` > 0.
         zeta2: step size of the variance term ``ζ2`` ≥ 0.
         min_weight: floor on every domain's weight, ``0 ≤ m < 1/K``; keeps every domain sampled, so its
@@ -234,8 +236,8 @@ class PiKEStrategy:
 
     name: ClassVar[str] = "pike"
     adaptive: ClassVar[bool] = True
-    zeta1: float = 1.0
-    zeta2: float = 1.0
+    zeta1: float = 0.05
+    zeta2: float = 0.05
     min_weight: float = 0.01
     normalize: bool = True
     initial: str = "uniform"
@@ -305,7 +307,7 @@ class ConceptualPiKEStrategy:
     Domains without estimates keep their weight; the others share the rest by the QP. The constants are the
     paper's: the weights depend on the gradient scale through them (no normalisation).
 
-    Options (defaults provisional, see the module docstring):
+    Options (starting points, see the module docstring):
         lr: the step size η > 0.
         smoothness: the smoothness constant L > 0.
         beta: β > 0.

@@ -139,7 +139,7 @@ class PiKEConfig:
     """
 
     strategy: str = "pike"
-    update_interval: int = 200
+    update_interval: int = 25
     warmup_steps: int = 0
     ema: float = 0.0
     sketch_dim: int = 256
