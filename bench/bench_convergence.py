@@ -696,6 +696,23 @@ def _save(result: dict[str, Any]) -> None:
     JSON_PATH.write_text(json.dumps(_rounded(result), separators=(",", ":")) + "\n")
 
 
+def _command(argv: list[str]) -> str:
+    """The command line to record, with the machine's folders replaced by the names the docstring uses."""
+    placeholders = {"--data": "MDS", "--work": "RUNS"}
+    shown, hide = [], None
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if hide:
+            shown.append(hide)
+            hide = None
+        elif key in placeholders and "=" in arg:
+            shown.append(f"{key}={placeholders[key]}")
+        else:
+            hide = placeholders.get(arg)
+            shown.append(arg)
+    return "python " + " ".join(shlex.quote(a) for a in ["bench/bench_convergence.py", *shown])
+
+
 def _worker_init(threads: int) -> None:
     """Each run process: quiet logs and ``threads`` torch threads."""
     import logging
@@ -750,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     from pike_stream.train.model import CausalLM
     from pike_stream.train.config import ModelConfig
     result: dict[str, Any] = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "command": _command(sys.argv[1:]),
         "machine": {**_machine(), "threads": args.threads, "jobs": args.jobs},
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "seeds": seeds, "batch_size": 16,
                      "seq_len": 128, "n_layer": 2, "n_embd": 128, "lr": 3.0e-3, "warmup": 10, "eval_batches": 4,
