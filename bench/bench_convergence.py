@@ -529,15 +529,15 @@ def _reading(result: dict[str, Any], a: dict[str, Any]) -> list[str]:
     return lines + list(result.get("notes", []))
 
 
-def write_report(result: dict[str, Any]) -> None:
+def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     """convergence.md and the PNGs from the results (``--report-only`` calls only this)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    _plot_losses(result, RESULTS / "convergence_losses.png")
-    _plot_weights(result, RESULTS / "convergence_weights.png")
-    _plot_cosines(result, RESULTS / "convergence_cosines.png")
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_losses(result, out / "convergence_losses.png")
+    _plot_weights(result, out / "convergence_weights.png")
+    _plot_cosines(result, out / "convergence_cosines.png")
     a = analyse(result)
     s = result["settings"]
-    _plot_steps(a, s["steps"], RESULTS / "convergence_steps.png")
+    _plot_steps(a, s["steps"], out / "convergence_steps.png")
     base_seed = s["seeds"][0]
     tokens = s["steps"] * s["batch_size"] * s["seq_len"]
     lines = [
@@ -670,7 +670,7 @@ def write_report(result: dict[str, Any]) -> None:
                      "low-conflict assumption behind PiKE's step holds only loosely."),
                   "", "![cosines](convergence_cosines.png)"]
     lines += ["", "## Reading", "", *_reading(result, a), ""]
-    MD_PATH.write_text("\n".join(lines) + "\n")
+    (out / MD_PATH.name).write_text("\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- main
