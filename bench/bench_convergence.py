@@ -691,14 +691,14 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def _save(result: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    JSON_PATH.write_text(json.dumps(_rounded(result), separators=(",", ":")) + "\n")
+def _save(result: dict[str, Any], out: Path = RESULTS) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JSON_PATH.name).write_text(json.dumps(_rounded(result), separators=(",", ":")) + "\n")
 
 
 def _command(argv: list[str]) -> str:
     """The command line to record, with the machine's folders replaced by the names the docstring uses."""
-    placeholders = {"--data": "MDS", "--work": "RUNS"}
+    placeholders = {"--data": "MDS", "--work": "RUNS", "--out": "OUT"}
     shown, hide = [], None
     for arg in argv:
         key = arg.split("=", 1)[0]
@@ -746,13 +746,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default); one "
                         "is fastest for this tiny model (≈0.24 s per step)")
     parser.add_argument("--report-only", action="store_true", help="regenerate md and PNGs from the JSON")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for convergence.json, .md and the PNGs")
     args = parser.parse_args(argv)
+    out = Path(args.out)
 
     if args.report_only:
-        if not JSON_PATH.exists():
-            parser.error(f"--report-only: no results at {JSON_PATH}; run the benchmark first")
-        write_report(json.loads(JSON_PATH.read_text()))
-        print(f"wrote {MD_PATH}")
+        source = out / JSON_PATH.name
+        if not source.exists():
+            parser.error(f"--report-only: no results at {source}; run the benchmark first")
+        write_report(json.loads(source.read_text()), out)
+        print(f"wrote {out / MD_PATH.name}")
         return 0
     if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
         parser.error(f"--data must hold {', '.join(DOMAINS)} each with train/ and val/ (`pike-stream corpus convert "
@@ -791,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                 run["sweep_score"] = _final_val(run)[0]
             with lock:
                 result[into].append(run)
-                _save(result)
+                _save(result, out)
         future.add_done_callback(done)
         return future
 
@@ -842,9 +845,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = [submit(spec_for(label, seed, chosen), "runs") for seed in seeds[1:] for label in repeats]
         wait(reference + longer + extra)
     result["total_wall_seconds"] = round(time.perf_counter() - started, 1)
-    _save(result)
-    write_report(result)
-    print(f"wrote {JSON_PATH} and {MD_PATH} ({result['total_wall_seconds']:.0f} s)")
+    _save(result, out)
+    write_report(result, out)
+    print(f"wrote {out / JSON_PATH.name} and {out / MD_PATH.name} ({result['total_wall_seconds']:.0f} s)")
     return 0
 
 
