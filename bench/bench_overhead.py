@@ -167,26 +167,38 @@ def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
+class StepAndProbe:
+    """A fresh model and Adam on one batch of K domains (uniform weights), with a training step and a probe."""
+
+    def __init__(self, root: str, k: int) -> None:
+        self.k = k
+        self.model = make_network()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.batch = make_mixer(root, k).next_batch()
+
+    def step(self) -> None:
+        """zero_grad, forward, backward, Adam."""
+        from pike_stream.probe import causal_lm_per_sample_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        causal_lm_per_sample_loss(self.model, self.batch).mean().backward()
+        self.optimizer.step()
+
+    def probe(self, sketch_dim: int = 256) -> None:
+        from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
+
+        probe_domains(self.model, self.batch, self.k, causal_lm_per_sample_loss, sketch_dim=sketch_dim)
+
+
 def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
     """Median step and probe times for each K, on one batch of the mixer (uniform weights)."""
-    from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
-
     rows = []
     for k in KS:
-        model = make_network()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        batch = make_mixer(root, k).next_batch()
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            causal_lm_per_sample_loss(model, batch).mean().backward()
-            optimizer.step()
-
-        def probe() -> None:
-            probe_domains(model, batch, k, causal_lm_per_sample_loss)
+        run = StepAndProbe(root, k)
+        step, probe = run.step, run.probe
 
         def probe_without_sketch() -> None:
-            probe_domains(model, batch, k, causal_lm_per_sample_loss, sketch_dim=0)
+            run.probe(sketch_dim=0)
 
         step()
         probe()
@@ -207,22 +219,13 @@ def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
 
 def memory(root: str) -> list[dict[str, Any]]:
     """Peak live bytes of a static step and of probe + step, for each K."""
-    from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
+    from pike_stream.probe import causal_lm_per_sample_loss
 
     rows = []
     for k in KS:
-        model = make_network()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        batch = make_mixer(root, k).next_batch()
+        run = StepAndProbe(root, k)
+        model, optimizer, batch, step, probe = run.model, run.optimizer, run.batch, run.step, run.probe
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            causal_lm_per_sample_loss(model, batch).mean().backward()
-            optimizer.step()
-
-        def probe() -> None:
-            probe_domains(model, batch, k, causal_lm_per_sample_loss)
 
         # A reference: one gradient of the largest half-domain the probe differentiates (one gradient buffer
         # and that half's activations); the probe's peak should exceed it by at most one gradient buffer.
