@@ -193,6 +193,11 @@ def _final_val(run: dict[str, Any]) -> tuple[float, float]:
     return float(_avg_curve(run)[-1]), float(_worst_curve(run)[-1])
 
 
+def _mean_final(runs: list[dict[str, Any]], seeds: list[int], index: int) -> float:
+    """The mean over ``seeds`` of the runs' final average (``index`` 0) or worst-domain (1) validation loss."""
+    return float(np.mean([_final_val(r)[index] for r in runs if r["seed"] in seeds]))
+
+
 def steps_to_reach(steps: list[int], curve: np.ndarray, target: float) -> float | None:
     """The first step where ``curve`` reaches ``target``, linearly interpolated between evaluation points
     (None: never reached)."""
@@ -257,10 +262,7 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     best_static = min(static, key=lambda k: _final_val(at_first_seed(k))[0])
     shared = sorted({r["seed"] for r in groups["pike"]} & {r["seed"] for r in groups[best_static]})
 
-    def mean_final(label: str, index: int) -> float:
-        return float(np.mean([_final_val(r)[index] for r in groups[label] if r["seed"] in shared]))
-
-    pike_avg, static_avg = mean_final("pike", 0), mean_final(best_static, 0)
+    pike_avg, static_avg = _mean_final(groups["pike"], shared, 0), _mean_final(groups[best_static], shared, 0)
     ratios = []
     for seed in shared:
         pike_run = next(r for r in groups["pike"] if r["seed"] == seed)
@@ -273,11 +275,8 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     repeated = max(balanced, key=lambda k: len(table[k]["seeds"]), default=None)
     extra_seeds = sorted(set(table[repeated]["seeds"]) - {base_seed}) if repeated else []
     rivals = [k for k in table if k != repeated and set(extra_seeds) <= set(table[k]["seeds"])]
-
-    def mean_worst(label: str) -> float:
-        return float(np.mean([_final_val(r)[1] for r in groups[label] if r["seed"] in extra_seeds]))
-
-    worst_extra = {k: mean_worst(k) for k in [repeated, *rivals]} if extra_seeds and rivals else {}
+    worst_extra = ({k: _mean_final(groups[k], extra_seeds, 1) for k in [repeated, *rivals]}
+                   if extra_seeds and rivals else {})
     seeds_text = ", ".join(map(str, shared))
     goals = {
         "pike_final_avg_le_best_static": {
@@ -517,9 +516,7 @@ def _reading(result: dict[str, Any], a: dict[str, Any]) -> list[str]:
     groups = _groups(result["runs"])
     fair = sorted({r["seed"] for r in groups["pike"]} & {r["seed"] for r in groups["uniform"]} - {base_seed})
     if fair:
-        def mean_final(label: str) -> float:
-            return float(np.mean([_final_val(r)[0] for r in groups[label] if r["seed"] in fair]))
-        pike_fair, uniform_fair = mean_final("pike"), mean_final("uniform")
+        pike_fair, uniform_fair = _mean_final(groups["pike"], fair, 0), _mean_final(groups["uniform"], fair, 0)
         lines.append(f"- On the seeds the sweep did not tune on ({', '.join(map(str, fair))}), pike's final average "
                      f"validation loss is {pike_fair:.4f} against uniform's {uniform_fair:.4f} "
                      f"({pike_fair - uniform_fair:+.4f}); uniform's own spread over seeds is ± "

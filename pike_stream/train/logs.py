@@ -70,12 +70,37 @@ def _truncate(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
     return dropped
 
 
+class _AppendedLines:
+    """A JSON-lines file reopened for appending after a resume, one flushed line per record."""
+
+    def __init__(self) -> None:
+        self._file: Any = None
+
+    def open(self, path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the records a resumed run redoes (those ``keep`` rejects), then append from there."""
+        _truncate(path, keep)
+        self._file = open(path, "a")
+
+    @property
+    def is_open(self) -> bool:
+        return self._file is not None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class JSONLinesLogger(LoggerDestination):
     """Appends every metric logged on rank 0 to ``<folder>/metrics.jsonl`` (one flushed line per call)."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.path = Path(folder) / METRICS_FILENAME
-        self._file: Any = None
+        self._lines = _AppendedLines()
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() != 0:
@@ -84,22 +109,16 @@ class JSONLinesLogger(LoggerDestination):
         resumed = int(state.timestamp.batch)
         # Keep what happened before the checkpoint: training records of earlier batches, and the evaluation
         # run at the checkpoint's step (it ran before the checkpoint was written and is not repeated).
-        _truncate(self.path, lambda r: r.get("step", 0) < resumed
-                  or (r.get("step") == resumed and all(k == "step" or k.startswith("metrics/") for k in r)))
-        self._file = open(self.path, "a")
+        self._lines.open(self.path, lambda r: r.get("step", 0) < resumed
+                         or (r.get("step") == resumed and all(k == "step" or k.startswith("metrics/") for k in r)))
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         values = {key: _number(value) for key, value in metrics.items() if not key.startswith("time/")}
-        if self._file is None or not values:
-            return
-        record = {"step": step, **values}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._lines.is_open and values:
+            self._lines.write({"step": step, **values})
 
     def close(self, state: State, logger: Logger) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._lines.close()
 
 
 class BatchLog(Callback):
@@ -111,28 +130,24 @@ class BatchLog(Callback):
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        self._file: Any = None
+        self._lines = _AppendedLines()
 
     def fit_start(self, state: State, logger: Logger) -> None:
         rank, world = dist.get_global_rank(), dist.get_world_size()
         self.folder.mkdir(parents=True, exist_ok=True)
         resumed = int(state.timestamp.batch)
-        _truncate(self.folder / BATCH_LOG_PATTERN.format(rank=rank), lambda r: r["step"] < resumed)
         if rank == 0:  # ranks of an earlier, larger world that this run does not have
             for path in self.folder.glob(BATCH_LOG_PATTERN.format(rank="*")):
                 if int(path.stem.rsplit("rank", 1)[1]) >= world:
                     _truncate(path, lambda r: r["step"] < resumed)
-        self._file = open(self.folder / BATCH_LOG_PATTERN.format(rank=rank), "a")
+        self._lines.open(self.folder / BATCH_LOG_PATTERN.format(rank=rank), lambda r: r["step"] < resumed)
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
         batch = state.batch
         record = {"step": int(state.timestamp.batch), "rank": dist.get_global_rank(),
                   "world_size": dist.get_world_size(), "domain": batch["domain"].tolist(),
                   "sample_id": batch["sample_id"].tolist()}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        self._lines.write(record)
 
     def close(self, state: State, logger: Logger) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._lines.close()
