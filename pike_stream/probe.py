@@ -13,13 +13,19 @@ PiKE weighs each domain k by its gradient norm ``‖∇L_k‖²`` and its per-sa
   independence, ``E‖g_A − g_B‖² = σ_k²/n_A + σ_k²/n_B``. For equal halves this is ``(n/4)·‖g_A − g_B‖²``.
 
 Data-parallel ranks each estimate from their own slice of the global batch; the estimates are averaged with
-one all-reduce of ``5·K + K·sketch_dim`` numbers, so no gradient vector crosses the network.
+one all-reduce of ``6·K + K·sketch_dim`` numbers, so no gradient vector crosses the network.
 
-Pairwise cosines of the domain gradients (is the "low conflict" assumption of PiKE true?) come from a seeded
-count sketch: every parameter coordinate is hashed to one of ``sketch_dim`` buckets with a random sign, and a
+Inner products between domains (is the "low conflict" assumption of PiKE true?) come from a seeded count
+sketch: every parameter coordinate is hashed to one of ``sketch_dim`` buckets with a random sign, and a
 domain's sketch is the signed sum of its summed-loss gradient ``n_A·g_A + n_B·g_B`` per bucket. A sketch is
 linear in the gradient, so the per-rank sketches add up to the sketch of the global batch's gradient, and
-inner products of sketches estimate inner products of gradients (without bias over the hash draw).
+the inner product of two sketches is an unbiased estimate (over the hash draw) of the inner product of the
+two gradients. For two *different* domains i ≠ j the mean gradients ``ḡ_i`` and ``ḡ_j`` come from disjoint,
+independent samples, so ``E⟨ḡ_i, ḡ_j⟩ = ⟨∇L_i, ∇L_j⟩`` as well: :attr:`ProbeResult.inner` is unbiased for
+the true cross-domain inner products. (A cosine of two noisy mini-batch gradients is not: its denominator
+holds the noise ``σ²/n``, which pulls it towards zero, and the minimum over many pairs sits below zero by
+chance. The controller divides *averaged* inner products by averaged unbiased ``G``; see
+:class:`~pike_stream.controller.MixingController`.)
 
 Memory: domains are probed one after another, and at most two gradient-sized buffers (``g_A`` and ``g_B`` as
 autograd returns them) are alive at a time, whatever the number of domains; they are reduced to scalars one
@@ -50,8 +56,8 @@ __all__ = ["ProbeResult", "probe_domains", "causal_lm_per_sample_loss"]
 _MIN_CHUNK_ELEMENTS = 1 << 16
 _MAX_CHUNK_ELEMENTS = 1 << 22
 
-# Number of per-domain sums in the all-reduced statistics: G·has, S·has, has, loss·n, n.
-_NUM_SUMS = 5
+# Number of per-domain sums in the all-reduced statistics: G·has, S·has, has, loss·n, n, n·has.
+_NUM_SUMS = 6
 
 
 @dataclass(frozen=True)
@@ -65,16 +71,16 @@ class ProbeResult:
             (``‖g_A − g_B‖² / (1/n_A + 1/n_B)``), averaged over the same ranks; NaN if no rank had an estimate.
         loss: ``[K]`` mean per-sample loss over all samples of domain k on all ranks; NaN if there were none.
         counts: ``[K]`` number of samples of each domain, summed over ranks.
-        cosine: ``[K, K]`` cosine between the domains' batch gradients, estimated from the summed sketches
-            (NaN for a domain without an estimate); None when sketching is off (``sketch_dim=0``). It is the
-            cosine of noisy mini-batch gradients, so small batches pull it towards zero.
+        inner: ``[K, K]`` unbiased estimates of ``⟨∇L_i, ∇L_j⟩``: off the diagonal from the sketches of the
+            domains' mean gradients (independent samples), on it ``grad_sq``; NaN for a domain without an
+            estimate; None when sketching is off (``sketch_dim=0``).
     """
 
     grad_sq: np.ndarray
     variance: np.ndarray
     loss: np.ndarray
     counts: np.ndarray
-    cosine: np.ndarray | None
+    inner: np.ndarray | None
 
 
 def probe_domains(
@@ -87,7 +93,8 @@ def probe_domains(
     seed: int = 0,
     params: Sequence[torch.nn.Parameter] | None = None,
 ) -> ProbeResult:
-    """Estimate ``‖∇L_k‖²``, ``σ_k²``, the loss and gradient cosines of every domain from one batch.
+    """Estimate ``‖∇L_k‖²``, ``σ_k²``, the loss and cross-domain gradient inner products of every domain from
+    one batch.
 
     Every rank of an initialised ``torch.distributed`` process group must call this with its own slice of the
     batch; with no process group it is the single-process probe.
@@ -101,7 +108,7 @@ def probe_domains(
         num_domains: K, the number of domains.
         per_sample_loss: ``(model, sub_batch) -> Tensor[n]``, the differentiable loss of each sample of the
             sub-batch (e.g. :func:`causal_lm_per_sample_loss`).
-        sketch_dim: buckets of the count sketch used for the cosines; 0 turns the sketch off.
+        sketch_dim: buckets of the count sketch used for the cross-domain inner products; 0 turns it off.
         seed: seed of the sketch's hash; must be the same on every rank.
         params: the parameters to differentiate (default: all of the model's); those without
             ``requires_grad`` are left out. Every rank must pass them in the same order.
@@ -245,7 +252,7 @@ def _local_statistics(
     chunk: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's sums ``[K, 5]`` (G·has, S·has, has, loss·n, n; float64) and sketches ``[K, sketch_dim]``."""
+    """This rank's sums ``[K, 6]`` (G·has, S·has, has, loss·n, n, n·has; float64) and sketches ``[K, sketch_dim]``."""
     sums = torch.zeros(num_domains, _NUM_SUMS, dtype=torch.float64, device=device)
     sketches = torch.zeros(num_domains, sketch_dim, dtype=torch.float32, device=device)
     batch_size = domains.shape[0]
@@ -269,6 +276,7 @@ def _local_statistics(
         sums[k, 1] = diff_sq / (1.0 / n_a + 1.0 / (n - n_a))
         sums[k, 2] = 1.0
         sums[k, 3] = (loss_a + loss_b).to(device)
+        sums[k, 5] = n
     if singletons:
         rows = torch.cat(singletons)
         with torch.no_grad():
@@ -428,27 +436,29 @@ def _collective_device(device: torch.device) -> torch.device:
 
 
 def _combine(sums: np.ndarray, sketches: np.ndarray) -> ProbeResult:
-    """Turn the rank-summed sums and sketches into the per-domain averages and the cosine matrix."""
+    """Turn the rank-summed sums and sketches into the per-domain averages and the inner-product matrix."""
     has = sums[:, 2]
     counts = sums[:, 4]
+    sketched = sums[:, 5]  # samples behind each domain's sketch (those of ranks that estimated it)
     with np.errstate(invalid="ignore", divide="ignore"):
         grad_sq = np.where(has > 0, sums[:, 0] / has, np.nan)
         variance = np.where(has > 0, sums[:, 1] / has, np.nan)
         loss = np.where(counts > 0, sums[:, 3] / counts, np.nan)
-    cosine = None
+    inner = None
     if sketches.shape[1] > 0:
-        norms = np.linalg.norm(sketches, axis=1)
-        defined = (has > 0) & (norms > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cosine = np.clip(sketches @ sketches.T / np.outer(norms, norms), -1.0, 1.0)
-        cosine[~defined, :] = np.nan
-        cosine[:, ~defined] = np.nan
+        defined = (has > 0) & (sketched > 0)
+        means = np.zeros_like(sketches)
+        means[defined] = sketches[defined] / sketched[defined, None]  # sketches of the mean gradients
+        inner = means @ means.T
+        np.fill_diagonal(inner, grad_sq)
+        inner[~defined, :] = np.nan
+        inner[:, ~defined] = np.nan
     return ProbeResult(
         grad_sq=grad_sq,
         variance=variance,
         loss=loss,
         counts=np.rint(counts).astype(np.int64),
-        cosine=cosine,
+        inner=inner,
     )
 
 

@@ -22,9 +22,10 @@ from composer.models import ComposerModel
 from streaming import MDSWriter
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import pike_stream.algorithm as algorithm_module
+import pike_stream.controller as controller_module
 from pike_stream import Domain, PiKE, PiKEStreamingMixer
-from pike_stream.algorithm import STATE_FORMAT, MixingController, find_mixer, min_cosine
+from pike_stream.algorithm import find_mixer
+from pike_stream.controller import CONFLICT_MIN_UPDATES, MixingController
 from pike_stream.mixing import STRATEGIES, get_strategy
 from pike_stream.mixing.apportion import apportion
 from pike_stream.mixing.static import random_domain
@@ -244,10 +245,11 @@ def test_trainer_run_logs_weights_statistics_and_probe_metrics(pike_run: Run) ->
             assert [t for t, _ in values] == probed, stat
             assert all(math.isfinite(v) for _, v in values)
         assert all(v > 0 for _, v in pike_run.metric(f"pike/variance/{name}"))
-    # No cosine when fewer than two domains had an estimate (PiKE pushed the others to the floor).
-    cosine_steps = {t for t, _ in pike_run.metric("pike/min_cosine")}
-    assert cosine_steps and cosine_steps <= set(probed)
-    assert all(-1.0 <= c <= 1.0 for _, c in pike_run.metric("pike/min_cosine"))
+    # Every pair's averaged cosine at every update; the lowest one once pairs were seen CONFLICT_MIN_UPDATES times.
+    for pair in ("web|code", "web|math", "code|math"):
+        values = pike_run.metric(f"pike/cosine/{pair}")  # once both averaged G are positive
+        assert values and {t for t, _ in values} <= set(probed) and all(-1.0 <= c <= 1.0 for _, c in values), pair
+    assert [t for t, _ in pike_run.metric("pike/min_cosine")] == probed[CONFLICT_MIN_UPDATES - 1:]
     assert all(s > 0 for _, s in pike_run.metric("pike/probe_seconds"))
     assert pike_run.metric("pike/updates")[-1] == (STEPS - 1, len(probed))
     assert pike_run.metric("pike/skipped_updates")[-1] == (STEPS - 1, 0)
@@ -348,20 +350,38 @@ def test_non_finite_loss_skips_every_update_and_counts_it(data_root: str, caplog
 
 
 def test_conflict_warning_names_the_domains_at_most_once_per_interval(data_root: str, caplog) -> None:
+    steps = CONFLICT_MIN_UPDATES + 3
     with caplog.at_level(logging.WARNING, logger="pike_stream.algorithm"):
-        run = train(data_root, "6ba", algorithms=[PiKE(update_interval=1, conflict_threshold=1.0)])
-    assert len(run.metric("pike/min_cosine")) == 6
+        run = train(data_root, f"{steps}ba", algorithms=[PiKE(update_interval=1, conflict_threshold=1.0)])
+    assert len(run.metric("pike/min_cosine")) == steps - CONFLICT_MIN_UPDATES + 1
     warnings = [r.getMessage() for r in caplog.records if "conflict" in r.getMessage()]
     assert len(warnings) == 1, "one warning per CONFLICT_WARNING_EVERY updates"
-    assert re.search(r"domains '(web|code|math)' and '(web|code|math)' conflict at step 0", warnings[0])
+    assert re.search(rf"domains '(web|code|math)' and '(web|code|math)' conflict at step {CONFLICT_MIN_UPDATES - 1}",
+                     warnings[0])
 
 
-@pytest.mark.parametrize("min_weight, warns", [(0.05, True), (0.2, False)])
-def test_a_floor_too_low_to_be_probed_is_announced(data_root: str, caplog, min_weight: float, warns: bool) -> None:
-    """With B = 12 a domain on a floor of 0.05 gets 0.6 samples a batch: the probe cannot estimate it."""
+@pytest.mark.parametrize("options, warning", [
+    (dict(probe_samples=0, min_weight=0.05), "probes the training batch"),
+    (dict(probe_samples=0, min_weight=0.3), None),
+    (dict(), None),
+])
+def test_a_probe_that_cannot_estimate_every_domain_is_announced(data_root: str, caplog, options: dict,
+                                                                warning: str | None) -> None:
+    """With B = 12 and probe_samples = 0, a domain on a floor of 0.05 gets 0.6 samples a batch: no estimate."""
     with caplog.at_level(logging.WARNING, logger="pike_stream.algorithm"):
-        train(data_root, "1ba", algorithms=[PiKE(min_weight=min_weight)])
-    assert any("min_weight floor" in r.getMessage() for r in caplog.records) == warns
+        train(data_root, "1ba", algorithms=[PiKE(**options)])
+    found = [r.getMessage() for r in caplog.records if "PiKE: probe_samples" in r.getMessage()]
+    assert (warning in found[0]) if warning else not found
+
+
+def test_a_pure_noise_domain_loses_weight(data_root: str) -> None:
+    """web is uniformly random tokens, code and math are learnable: PiKE at its defaults (a probe batch of every
+    domain, averaged statistics) moves web below its uniform share and keeps it there."""
+    run = train(data_root, "60ba", algorithms=[PiKE(update_interval=4, warmup_steps=4)])
+    web = np.array(run.recorder.weights)[:, NAMES.index("web")]
+    assert web[-1] < 1 / 3 - 0.05 and web[-1] == min(run.recorder.weights[-1])
+    assert (web[30:] < 1 / 3).all()
+    assert run.metric("pike/skipped_updates")[-1][1] == 0
 
 
 def test_no_mixer_is_a_clear_error_at_fit_start() -> None:
@@ -380,101 +400,14 @@ def test_find_mixer_refuses_the_bare_mixer(data_root: str) -> None:
         find_mixer(mixer)
 
 
-# ------------------------------------------------------------------------------------------ the controller
-def probe(grad_sq, variance, loss, counts, cosine=None) -> ProbeResult:
-    return ProbeResult(np.array(grad_sq, float), np.array(variance, float), np.array(loss, float),
-                       np.array(counts), None if cosine is None else np.array(cosine, float))
-
-
-def test_controller_schedule_is_a_function_of_the_step() -> None:
-    controller = MixingController(get_strategy("pike"), NAMES, update_interval=3, warmup_steps=2)
-    assert [t for t in range(12) if controller.probes_at(t)] == [2, 5, 8, 11]
-    static = MixingController(get_strategy("proportional"), NAMES, update_interval=1)
-    assert not any(static.probes_at(t) for t in range(5))
-
-
-def test_controller_smooths_with_ema_and_carries_missing_domains() -> None:
-    controller = MixingController(get_strategy("pike"), NAMES, update_interval=1, ema=0.5)
-    w = np.full(3, 1 / 3)
-    first = controller.next_weights(0, w, B, probe([1.0, 2.0, np.nan], [4.0, 4.0, np.nan], [3.0, 2.0, np.nan],
-                                                   [6, 5, 0]))
-    assert first.skipped is None and np.isnan(first.stats.grad_sq[2])
-    assert first.weights[2] == pytest.approx(1 / 3) and first.weights[1] > first.weights[0]  # math: never estimated
-    second = controller.next_weights(1, first.weights, B, probe([3.0, np.nan, 5.0], [8.0, np.nan, 2.0],
-                                                                [1.0, 2.5, 1.0], [6, 1, 5]))
-    np.testing.assert_allclose(second.stats.grad_sq, [2.0, 2.0, 5.0])   # ema; carried; first estimate as is
-    np.testing.assert_allclose(second.stats.variance, [6.0, 4.0, 2.0])
-    np.testing.assert_allclose(second.stats.loss, [2.0, 2.25, 1.0])
-    assert controller.updates == 2 and controller.skipped_updates == 0
-
-
-@pytest.mark.parametrize("bad, reason", [
-    (dict(loss=[1.0, np.nan, 1.0]), "loss is non-finite for code"),
-    (dict(grad_sq=[np.inf, 1.0, 1.0]), "grad_sq is non-finite for web"),
-    (dict(variance=[1.0, 1.0, np.nan]), "variance is non-finite for math"),
-])
-def test_controller_skips_non_finite_statistics(bad: dict, reason: str) -> None:
-    controller = MixingController(get_strategy("pike"), NAMES, update_interval=1)
-    fields = dict(grad_sq=[1.0, 2.0, 3.0], variance=[1.0, 1.0, 1.0], loss=[1.0, 1.0, 1.0], counts=[4, 4, 4])
-    w = np.array([0.5, 0.3, 0.2])
-    update = controller.next_weights(0, w, B, probe(**{**fields, **bad}))
-    assert reason in update.skipped and update.stats is None
-    np.testing.assert_array_equal(update.weights, w)
-    assert controller.skipped_updates == 1 and controller.updates == 0
-    assert np.isnan(controller.estimates.grad_sq).all()
-
-
-def test_controller_accepts_missing_estimates_when_no_rank_needed_to_have_one() -> None:
-    """4 samples over 4 ranks may be one per rank: NaN G and S are 'missing', not bad; 5 samples are not."""
-    controller = MixingController(get_strategy("pike"), NAMES, update_interval=1)
-    w = np.full(3, 1 / 3)
-    fields = dict(grad_sq=[1.0, np.nan, 3.0], variance=[1.0, np.nan, 1.0], loss=[1.0, 1.0, 1.0])
-    assert controller.next_weights(0, w, B, probe(**fields, counts=[8, 4, 8]), world_size=4).skipped is None
-    assert "grad_sq" in controller.next_weights(0, w, B, probe(**fields, counts=[8, 5, 8]), world_size=4).skipped
-
-
-def test_controller_reports_the_most_conflicting_pair() -> None:
-    cosine = [[1.0, 0.2, -0.5], [0.2, 1.0, np.nan], [-0.5, np.nan, 1.0]]
-    assert min_cosine(np.array(cosine)) == (-0.5, 0, 2)
-    assert min_cosine(np.full((3, 3), np.nan)) is None
-    controller = MixingController(get_strategy("pike"), NAMES, update_interval=1, conflict_threshold=-0.3)
-    update = controller.next_weights(0, np.full(3, 1 / 3), B,
-                                     probe([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [4, 4, 4], cosine))
-    assert update.min_cosine == -0.5 and update.conflict == ("web", "math")
-
-
-def test_controller_state_round_trip_continues_identically() -> None:
-    def updates(controller: MixingController, start: int, w: np.ndarray) -> list[np.ndarray]:
-        out = []
-        for t in range(start, start + 4):
-            rng = np.random.default_rng(t)
-            stats = probe(rng.normal(1, 1, 3), rng.uniform(1, 5, 3), rng.uniform(1, 3, 3), [4, 1, 4])
-            w = controller.next_weights(t, w, B, stats).weights
-            out.append(w)
-        return out
-
-    make = lambda: MixingController(get_strategy("balanced_pike", tau=2.0), NAMES, update_interval=1, ema=0.7)
-    reference = make()
-    w = updates(reference, 0, np.full(3, 1 / 3))[-1]
-    state = reference.state_dict()
-    assert state["format"] == STATE_FORMAT and set(state["domains"]) == set(NAMES)
-    restored = make()
-    restored.load_state_dict(state)
-    np.testing.assert_array_equal(np.array(updates(restored, 4, w)), np.array(updates(reference, 4, w)))
-    with pytest.raises(ValueError, match="covers domains"):
-        MixingController(get_strategy("pike"), ["web", "code", "books"], update_interval=1).load_state_dict(state)
-    with pytest.raises(ValueError, match="version"):
-        make().load_state_dict({**state, "version": 99})
-
-
 # ------------------------------------------------------------------------------------------ plain PyTorch
 def test_plain_pytorch_loop_example_from_the_docstring_runs(data_root: str) -> None:
-    example = algorithm_module.__doc__.split("    from pike_stream.algorithm import MixingController", 1)[1]
-    code = textwrap.dedent("    from pike_stream.algorithm import MixingController" + example)
+    example = controller_module.__doc__.split("    from pike_stream.controller import MixingController", 1)[1]
+    code = textwrap.dedent("    from pike_stream.controller import MixingController" + example.split("\nWhat the controller owns", 1)[0])
     model = tiny_gpt2(dropout=0.0)
     mixer = make_mixer(data_root)
     namespace = {"model": model, "mixer": mixer, "num_steps": 3,
                  "optimizer": torch.optim.Adam(model.parameters(), lr=1e-3)}
-    exec(compile(code, "pike_stream.algorithm docstring", "exec"), namespace)
+    exec(compile(code, "pike_stream.controller docstring", "exec"), namespace)
     assert mixer.step == 3
     assert not np.allclose(list(mixer.weights.values()), 1 / 3)  # step 0 was probed and moved them

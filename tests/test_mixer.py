@@ -140,7 +140,7 @@ def test_state_is_small_and_json_serialisable(data_root):
     run(mixer, 0, 50)
     state = mixer.state_dict(50 * B, True)
     assert len(json.dumps(state)) < 2000  # positions and weights, no sample lists
-    assert state["version"] == 1 and set(state["domains"]) == set(SIZES)
+    assert state["version"] == 2 and set(state["domains"]) == set(SIZES)
 
 
 def test_state_for_a_step_already_passed(data_root):
@@ -152,6 +152,72 @@ def test_state_for_a_step_already_passed(data_root):
     assert mixer.state_dict(8 * B) == reference.state_dict(8 * B)
     with pytest.raises(MixerStateError, match="whole number"):
         mixer.state_dict(8 * B + 1)
+
+
+# ---------------------------------------------------------------------------------------- probe batches
+def run_with_probes(mixer: PiKEStreamingMixer, start: int, stop: int, m: int = 4) -> list[tuple]:
+    """``run``, plus a probe batch of ``m`` per domain after every third batch (as PiKE draws one)."""
+    log = []
+    iterator = iter(mixer)
+    for step in range(start, stop):
+        batch = next(iterator)
+        log.append(("train", tuple(batch["domain"].tolist()), tuple(batch["sample_id"].tolist())))
+        if step % 3 == 0:
+            probe = mixer.probe_batch(m)
+            code, sid = decode_ids(probe["input_ids"])
+            assert code.tolist() == probe["domain"].tolist() and sid.tolist() == probe["sample_id"].tolist()
+            log.append(("probe", tuple(probe["domain"].tolist()), tuple(probe["sample_id"].tolist())))
+        new = schedule(step)
+        if new is not None:
+            mixer.set_weights(new)
+    return log
+
+
+def test_probe_batches_hold_every_domain_whatever_the_weights_and_leave_training_alone(data_root):
+    mixer = make_mixer(data_root, weights={"en": 1.0, "de": 0.0, "code": 0.0})
+    probe = mixer.probe_batch(5)
+    assert Counter(probe["domain"].tolist()) == {0: 5, 1: 5, 2: 5}
+    assert mixer.probed == {"en": 5, "de": 5, "code": 5} and mixer.consumed == {"en": 0, "de": 0, "code": 0}
+    # Training batches are those of a mixer that never probed.
+    assert run(mixer, 0, 30) == run(make_mixer(data_root, weights={"en": 1.0, "de": 0.0, "code": 0.0}), 0, 30)
+    # The probe order is its own shuffle: each probe epoch is a permutation of the domain, unlike the training one.
+    fresh = make_mixer(data_root)
+    ids = fresh.compose_probe(SIZES["code"])[1][2 * SIZES["code"]:]
+    assert sorted(ids.tolist()) == list(range(SIZES["code"]))
+    assert ids.tolist() != fresh.orders[2].take(0, SIZES["code"]).tolist()
+    with pytest.raises(ValueError, match="samples_per_domain"):
+        fresh.probe_batch(0)
+
+
+@pytest.mark.parametrize("stop_at", [1, 4, 13])
+def test_probe_batches_resume_exactly(data_root, stop_at):
+    reference = run_with_probes(make_mixer(data_root), 0, 20)
+    before = make_mixer(data_root)
+    head = run_with_probes(before, 0, stop_at)
+    state = pickle.loads(pickle.dumps(before.state_dict(stop_at * B)))
+    after = make_mixer(data_root)
+    after.load_state_dict(state)
+    assert head + run_with_probes(after, stop_at, 20) == reference
+
+
+def test_probe_batches_are_split_over_ranks_like_training_batches(data_root):
+    whole = make_mixer(data_root).probe_batch(6)
+    parts = [make_mixer(data_root, rank=r, world_size=2).probe_batch(6) for r in range(2)]
+    for key in ("domain", "sample_id"):
+        assert whole[key][0::2].tolist() == parts[0][key].tolist()
+        assert whole[key][1::2].tolist() == parts[1][key].tolist()
+
+
+def test_a_version_1_state_resumes_with_probe_cursors_at_zero(data_root):
+    mixer = make_mixer(data_root)
+    run(mixer, 0, 5)
+    state = mixer.state_dict()
+    old = {**state, "version": 1, "domains": {n: {k: v for k, v in d.items() if k != "probed"}
+                                              for n, d in state["domains"].items()}}
+    resumed = make_mixer(data_root)
+    resumed.load_state_dict(old)
+    assert resumed.probed == {"en": 0, "de": 0, "code": 0} and resumed.consumed == mixer.consumed
+    assert run(resumed, 5, 12) == run(mixer, 5, 12)
 
 
 # ---------------------------------------------------------------------------------------- without replacement

@@ -364,30 +364,40 @@ def test_conceptual_pike_favours_signal_over_noise() -> None:
 def test_balanced_dual_weights() -> None:
     y = balanced_dual_weights(np.array([1.0, 2.0, 3.0]), 2.0)
     e = np.exp([2.0, 4.0, 6.0])
-    np.testing.assert_allclose(y, 2.0 * e / e.sum(), rtol=1e-14)
-    np.testing.assert_allclose(balanced_dual_weights(np.array([1e4, 0.0]), 10.0), [10.0, 0.0], atol=1e-300)
+    np.testing.assert_allclose(y, 3.0 * e / e.sum(), rtol=1e-14)  # mean 1 over the domains with a loss
+    np.testing.assert_allclose(balanced_dual_weights(np.array([1e4, 0.0]), 10.0), [2.0, 0.0], atol=1e-300)
     y = balanced_dual_weights(np.array([1.0, np.nan, 1.0]), 0.5)
-    np.testing.assert_allclose(y[[0, 2]], [0.25, 0.25])
+    np.testing.assert_allclose(y[[0, 2]], [1.0, 1.0])
     assert np.isnan(y[1])
     with pytest.raises(ValueError, match="tau"):
         balanced_dual_weights(np.array([1.0]), 0.0)
 
 
-@given(inputs=pike_inputs(), zeta1=zetas, zeta2=zetas, data=st.data())
-def test_tau_to_zero_recovers_plain_pike(inputs, zeta1, zeta2, data) -> None:
+@pytest.mark.parametrize("normalize", [True, False])
+def test_balanced_pike_weights_the_gradient_term_by_y_and_leaves_the_variance_term(normalize) -> None:
+    """The training loss is unweighted: y enters the descent term once (y·G) and not the noise term (S)."""
+    w = np.array([0.2, 0.3, 0.5])
+    g, s, losses, b, tau = np.array([1.0, 5.0, 2.0]), np.array([40.0, 8.0, 100.0]), np.array([3.0, 1.0, 2.0]), 8, 1.5
+    y = balanced_dual_weights(losses, tau)
+    expected = pike_step(w, y * g, s, b, zeta1=0.3, zeta2=0.7, normalize=normalize)
+    out = balanced_pike_step(w, g, s, losses, b, tau=tau, zeta1=0.3, zeta2=0.7, normalize=normalize)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    # y² scaling of both (a y-weighted training loss) is a different step.
+    assert not np.allclose(out, pike_step(w, y**2 * g, y**2 * s, b, zeta1=0.3, zeta2=0.7, normalize=normalize))
+    # Only the variance term moving: equal G, unequal S — the same as plain PiKE whatever the losses.
+    same_g = balanced_pike_step(w, np.ones(3), s, losses, b, tau=tau, zeta1=1e-9, zeta2=0.7, normalize=False)
+    np.testing.assert_allclose(same_g, pike_step(w, np.ones(3), s, b, zeta1=1e-9, zeta2=0.7, normalize=False),
+                               rtol=1e-6)
+
+
+@given(inputs=pike_inputs(), zeta1=zetas, zeta2=zetas, normalize=st.booleans(), data=st.data())
+def test_tau_to_zero_recovers_plain_pike(inputs, zeta1, zeta2, normalize, data) -> None:
     w, g, s, b = inputs
     losses = np.array(data.draw(st.lists(st.floats(0.0, 20.0), min_size=w.size, max_size=w.size)))
     losses[np.isnan(g)] = np.nan
-    plain = pike_step(w, g, s, b, zeta1=zeta1, zeta2=zeta2, normalize=True)
-    tilted = balanced_pike_step(w, g, s, losses, b, tau=1e-10, zeta1=zeta1, zeta2=zeta2, normalize=True)
+    plain = pike_step(w, g, s, b, zeta1=zeta1, zeta2=zeta2, normalize=normalize)
+    tilted = balanced_pike_step(w, g, s, losses, b, tau=1e-10, zeta1=zeta1, zeta2=zeta2, normalize=normalize)
     np.testing.assert_allclose(tilted, plain, rtol=1e-6, atol=1e-12)
-
-
-def test_tau_to_zero_without_normalize_freezes_the_weights() -> None:
-    w = np.array([0.2, 0.3, 0.5])
-    out = balanced_pike_step(w, [1.0, 5.0, 2.0], [1.0, 1.0, 1.0], [3.0, 1.0, 2.0], 8, tau=1e-8, zeta1=1.0,
-                             zeta2=1.0, normalize=False)
-    np.testing.assert_allclose(out, w, rtol=1e-9)
 
 
 def test_large_tau_moves_weight_to_the_highest_loss_domain() -> None:

@@ -10,6 +10,14 @@ in force at each step up to t) — DESIGN.md's mixer invariants:
 
 The composition happens when the batch is *taken* (in ``__next__``, in the training process), so weights
 set after step t shape batch t+1 (zero lag) however far the shard read-ahead runs.
+
+A *probe batch* (:meth:`PiKEStreamingMixer.probe_batch`) holds the same number of samples of every domain,
+whatever the weights, for estimating per-domain gradient statistics. Each domain has a second order for it
+(the same shuffle algorithm, another seed) with its own cursor ``probed_k`` in the state, so probing is
+deterministic, resumes exactly and never moves the training cursors:
+
+    probe ids_k ← probe_order_k[probed_k : probed_k + m];   probed_k += m
+    global probe batch = concat_k [(k, id) for id in probe ids_k];   this rank's part = [rank :: world_size]
 """
 
 from __future__ import annotations
@@ -32,9 +40,12 @@ from pike_stream.mixer.shards import ShardCache
 from pike_stream.mixer.state import MixerState, MixerStateError
 from pike_stream.mixing.apportion import apportion
 
-__all__ = ["PiKEStreamingMixer"]
+__all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer"]
 
 log = logging.getLogger(__name__)
+
+PROBE_SEED_SALT = 0x9E3779B1
+"""Mixed into each domain's seed for its probe order, so the probe order is independent of the training order."""
 
 _HISTORY = 64  # states of recent steps kept so ``state_dict(num_samples)`` can name a step already passed
 
@@ -82,12 +93,14 @@ class PiKEStreamingMixer(IterableDataset):
         self.seq_len = next(iter(seq_lens.values()))
         self.orders = [DomainOrder(s.shard_sizes, domain_seed(self.seed, s.name), shuffle_algo, shuffle_block_size)
                        for s in self.sources]
+        self.probe_orders = [DomainOrder(s.shard_sizes, domain_seed(self.seed, s.name) ^ PROBE_SEED_SALT,
+                                         shuffle_algo, shuffle_block_size) for s in self.sources]
         self.shards = ShardCache(self.sources, workers=read_ahead_workers, cache_limit=_parse_bytes(cache_limit),
                                  retry_seconds=retry_seconds)
         weakref.finalize(self, self.shards.close)
 
         k = len(domains)
-        self._state = MixerState(0, np.zeros(k, np.int64), np.zeros(k, np.float64), initial)
+        self._state = MixerState(0, np.zeros(k, np.int64), np.zeros(k, np.float64), initial, np.zeros(k, np.int64))
         self._history: deque[MixerState] = deque(maxlen=_HISTORY)
         log.info("PiKEStreamingMixer: %d domains (%s), global batch %d, rank %d of %d, seq_len %d, seed %d",
                  k, ", ".join(f"{s.name}: {s.num_samples} samples in {len(s.shards)} shards" for s in self.sources),
@@ -164,7 +177,39 @@ class PiKEStreamingMixer(IterableDataset):
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """Compose the next global batch and read this rank's part of it."""
-        domain, sample_id = self.compose()
+        batch = self._read_part(*self.compose())
+        self._read_ahead()
+        return batch
+
+    @property
+    def probed(self) -> dict[str, int]:
+        """Samples drawn from each domain's probe order so far (over all ranks)."""
+        return {name: int(c) for name, c in zip(self.domain_names, self._state.probed)}
+
+    def compose_probe(self, samples_per_domain: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decide the next global probe batch — ``samples_per_domain`` samples of every domain from its probe
+        order — and advance the probe cursors; the training cursors, carries and weights are untouched.
+
+        Returns ``(domain, sample_id)`` arrays of length ``K · samples_per_domain``, domain-major.
+        """
+        m = samples_per_domain
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise ValueError(f"samples_per_domain must be a positive integer, got {m!r}")
+        state = self._state
+        ids = [order.take(int(state.probed[k]), int(m)) for k, order in enumerate(self.probe_orders)]
+        state.probed = state.probed + m
+        return np.repeat(np.arange(len(ids)), m), np.concatenate(ids)
+
+    def probe_batch(self, samples_per_domain: int) -> dict[str, torch.Tensor]:
+        """This rank's part of the next probe batch (:meth:`compose_probe`), in the layout of a training batch.
+
+        Every rank must call it at the same steps with the same ``samples_per_domain``: the probe cursors are
+        part of the checkpoint state, so a resumed run draws the same probe batches.
+        """
+        return self._read_part(*self.compose_probe(samples_per_domain))
+
+    def _read_part(self, domain: np.ndarray, sample_id: np.ndarray) -> dict[str, torch.Tensor]:
+        """Read this rank's part (positions ``rank :: world_size``) of a global list of (domain, sample id)."""
         domain, sample_id = domain[self.rank::self.world_size], sample_id[self.rank::self.world_size]
         tokens = np.empty((len(sample_id), self.seq_len), dtype=np.int64)
         for k in np.unique(domain):
@@ -173,7 +218,6 @@ class PiKEStreamingMixer(IterableDataset):
             for row, shard, index in zip(rows, shards, within):
                 self.shards.ensure(int(k), int(shard))
                 tokens[row] = self.sources[k].read(int(shard), int(index))
-        self._read_ahead()
         return {"input_ids": torch.from_numpy(tokens), "domain": torch.from_numpy(domain.astype(np.int64)),
                 "sample_id": torch.from_numpy(sample_id.astype(np.int64))}
 

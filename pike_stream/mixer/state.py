@@ -1,8 +1,9 @@
 """The mixer's checkpoint state: small, versioned, keyed by domain name, fingerprinted against the data.
 
 Everything else (which samples each batch holds) is recomputed from it: per-domain cursors, rounding
-carries and the weights in force, plus what must match for that recomputation to be the same (seed,
-shuffle, global batch size, each domain's manifest fingerprint).
+carries and the weights in force, the cursors of the per-domain probe orders (version 2; a version-1 state,
+made before probe batches existed, resumes with them at 0), plus what must match for that recomputation to
+be the same (seed, shuffle, global batch size, each domain's manifest fingerprint).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 __all__ = ["MixerState", "MixerStateError", "STATE_FORMAT", "STATE_VERSION"]
 
 STATE_FORMAT = "pike_stream.mixer"
-STATE_VERSION = 1
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 class MixerStateError(ValueError):
@@ -30,9 +32,11 @@ class MixerState:
     consumed: np.ndarray  # [K] int64: samples drawn from each domain so far (its cursor)
     carry: np.ndarray     # [K] float64: rounding remainders owed to each domain
     weights: np.ndarray   # [K] float64: the weights that will compose batch ``step``
+    probed: np.ndarray    # [K] int64: samples drawn from each domain's probe order so far (its probe cursor)
 
     def copy(self) -> "MixerState":
-        return MixerState(self.step, self.consumed.copy(), self.carry.copy(), self.weights.copy())
+        return MixerState(self.step, self.consumed.copy(), self.carry.copy(), self.weights.copy(),
+                          self.probed.copy())
 
     def to_dict(self, *, names: list[str], fingerprints: list[str], global_batch_size: int, seed: int,
                 shuffle: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +50,8 @@ class MixerState:
             "domain_order": list(names),
             "domains": {
                 name: {"consumed": int(self.consumed[k]), "carry": float(self.carry[k]),
-                       "weight": float(self.weights[k]), "fingerprint": fingerprints[k]}
+                       "weight": float(self.weights[k]), "probed": int(self.probed[k]),
+                       "fingerprint": fingerprints[k]}
                 for k, name in enumerate(names)
             },
         }
@@ -58,9 +63,9 @@ class MixerState:
         if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
             raise MixerStateError(f"not a PiKEStreamingMixer state (expected format {STATE_FORMAT!r}, got "
                                   f"{obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r})")
-        if obj.get("version") != STATE_VERSION:
+        if obj.get("version") not in _READABLE_VERSIONS:
             raise MixerStateError(f"mixer state version {obj.get('version')!r} is not supported "
-                                  f"(this pike_stream reads version {STATE_VERSION})")
+                                  f"(this pike_stream reads versions {', '.join(map(str, _READABLE_VERSIONS))})")
         if obj["global_batch_size"] != global_batch_size:
             raise MixerStateError(f"the checkpoint was made with global_batch_size={obj['global_batch_size']}, "
                                   f"this run has {global_batch_size}: the batches would differ")
@@ -83,4 +88,5 @@ class MixerState:
         return cls(step=int(obj["step"]),
                    consumed=np.array([saved[n]["consumed"] for n in names], dtype=np.int64),
                    carry=np.array([saved[n]["carry"] for n in names], dtype=np.float64),
-                   weights=np.array([saved[n]["weight"] for n in names], dtype=np.float64))
+                   weights=np.array([saved[n]["weight"] for n in names], dtype=np.float64),
+                   probed=np.array([saved[n].get("probed", 0) for n in names], dtype=np.int64))

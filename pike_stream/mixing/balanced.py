@@ -1,15 +1,18 @@
 """Balanced-PiKE: PiKE on the tilted objective ``(1/τ)·log Σ_k exp(τ·L_k)``.
 
 τ → 0 is the average loss, τ → ∞ the worst domain's loss. For fixed θ the tilted objective's gradient is
-``Σ_k y_k ∇L_k`` with dual weights ``y = τ·softmax(τ·L)`` (the paper's scaling), so PiKE runs on the
-re-weighted domains ``y_k·L_k``: their squared gradient norms are ``y_k²·‖∇L_k‖²`` and their per-sample
-variances ``y_k²·σ_k²``. High-loss domains get a larger ``y_k`` and so a larger say in the step.
+``Σ_k y_k ∇L_k`` with dual weights ``y ∝ softmax(τ·L)``: PiKE then lowers ``F = Σ_k y_k L_k`` instead of
+``Σ_k L_k``. Which of PiKE's two terms the weights enter follows from the bound on one step, with the
+training loss itself left *unweighted* (the mixer changes which samples are drawn, not how they count):
 
-Limit τ → 0: ``softmax(τ·L)`` tends to uniform, so ``y_k² → τ²/K²``, the same factor for every domain.
-With ``normalize=True`` the PiKE step ignores a common factor on G and S
-(:func:`~pike_stream.mixing.pike.pike_exponents`), so Balanced-PiKE tends to plain PiKE. With
-``normalize=False`` the factor shrinks every exponent to 0 instead (the weights stop moving); matching
-plain PiKE there needs ζ1 and ζ2 multiplied by ``K²/τ²``.
+* descent: a step on a batch with ``b_k`` samples of domain k lowers F by about
+  ``η·Σ_k (b_k/b)·y_k·‖∇L_k‖²`` (low conflict), so the gradient term is ``y_k·G_k`` — one factor of y;
+* noise: the step's gradient noise is that of the unweighted batch, ``Σ_k b_k σ_k²/b²``, and it raises F
+  through F's curvature, a common factor; so the variance term is ``S_k``, with no y.
+
+Scaling both by ``y_k²`` (as if each sample's loss were multiplied by ``y_k``) would describe a different
+training loss than the one being minimised. Here ``y = K·softmax(τ·L)`` (mean 1), so equal losses — and
+τ → 0 — give plain PiKE exactly, with or without ``normalize``, and high-loss domains get ``y_k > 1``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ __all__ = ["balanced_dual_weights", "balanced_pike_step"]
 
 
 def balanced_dual_weights(losses: np.ndarray, tau: float) -> np.ndarray:
-    """The tilt's dual weights ``y_k = τ·exp(τ·L_k) / Σ_j exp(τ·L_j)`` (log-sum-exp; NaN loss → NaN y_k).
+    """The tilt's dual weights ``y_k = K'·exp(τ·L_k) / Σ_j exp(τ·L_j)`` (log-sum-exp; NaN loss → NaN y_k).
 
-    Domains with a NaN loss are left out of the softmax and get ``y_k = NaN``, which makes their PiKE
-    exponent missing (they keep their weight share). ``Σ_k y_k = τ`` over the domains with a loss.
+    ``K'`` is the number of domains with a loss, so the ``y_k`` average 1 over them. Domains with a NaN loss
+    are left out of the softmax and get ``y_k = NaN``, which makes their PiKE exponent missing (they keep
+    their weight share).
     """
     if not (np.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
@@ -35,7 +39,7 @@ def balanced_dual_weights(losses: np.ndarray, tau: float) -> np.ndarray:
     present = ~np.isnan(losses)
     y = np.full(losses.size, np.nan)
     if np.any(present):
-        y[present] = tau * log_normalize(tau * losses[present])
+        y[present] = np.count_nonzero(present) * log_normalize(tau * losses[present])
     return y
 
 
@@ -52,9 +56,9 @@ def balanced_pike_step(
     min_weight: float = 0.0,
     normalize: bool = True,
 ) -> np.ndarray:
-    """One Balanced-PiKE update: :func:`~pike_stream.mixing.pike.pike_step` with ``y_k²·G_k`` and ``y_k²·S_k``.
+    """One Balanced-PiKE update: :func:`~pike_stream.mixing.pike.pike_step` with ``y_k·G_k`` and ``S_k``.
 
-        y = τ·softmax(τ·L),   w_k ← w_k · exp(ζ1·y_k²·G_k − (ζ2/2b)·y_k²·S_k),   w ← w/‖w‖₁,   floor
+        y = K·softmax(τ·L),   w_k ← w_k · exp(ζ1·y_k·G_k − (ζ2/2b)·S_k),   w ← w/‖w‖₁,   floor
 
     Arguments are those of ``pike_step`` plus ``losses`` (mean loss per domain, NaN = none) and ``tau`` > 0.
     """
@@ -63,8 +67,8 @@ def balanced_pike_step(
     s = as_statistic(variance, "variance", y.size, nonnegative=True)
     return pike_step(
         weights,
-        y**2 * g,
-        y**2 * s,
+        y * g,
+        np.where(np.isnan(y), np.nan, s),
         batch_size,
         zeta1=zeta1,
         zeta2=zeta2,

@@ -228,8 +228,9 @@ class PiKEStrategy:
     Options (defaults from the benchmark's sweep, see the module docstring):
         zeta1: step size of the gradient term ``ζ1`` > 0.
         zeta2: step size of the variance term ``ζ2`` ≥ 0.
-        min_weight: floor on every domain's weight, ``0 ≤ m < 1/K``; keeps every domain sampled, so its
-            statistics keep coming.
+        min_weight: floor on every domain's weight, ``0 ≤ m < 1/K``: bounds how far a domain can fall, so a
+            multiplicative step can bring it back within a few updates. (It does not keep statistics coming:
+            at ``m·b < 2`` a domain gets under two samples a batch. The probe batch does that.)
         normalize: divide G and S by a common scale first, so ζ1, ζ2 do not depend on the gradient scale.
         initial: the weights at step 0, ``"uniform"`` or ``"proportional"`` (to sizes), floored.
     """
@@ -269,8 +270,8 @@ class PiKEStrategy:
 class BalancedPiKEStrategy(PiKEStrategy):
     """Balanced-PiKE: PiKE on the tilted objective (:func:`~pike_stream.mixing.balanced.balanced_pike_step`).
 
-    Options: those of :class:`PiKEStrategy` plus ``tau`` > 0, the tilt (τ → 0: plain PiKE when
-    ``normalize`` is on; large τ: the highest-loss domain dominates; the paper recommends 1–3).
+    Options: those of :class:`PiKEStrategy` plus ``tau`` > 0, the tilt (τ → 0: plain PiKE; large τ: the
+    highest-loss domain dominates; the paper recommends 1–3).
     """
 
     name: ClassVar[str] = "balanced_pike"

@@ -122,7 +122,8 @@ def _pike(cfg: TrainConfig) -> Any:
     assert pike is not None
     try:
         algorithm = PiKE(strategy=pike.strategy, update_interval=pike.update_interval,
-                         warmup_steps=pike.warmup_steps, initial_weights=cfg.train_loader.weights, ema=pike.ema,
+                         warmup_steps=pike.warmup_steps, probe_samples=pike.probe_samples,
+                         initial_weights=cfg.train_loader.weights, ema=pike.ema,
                          sketch_dim=pike.sketch_dim, conflict_threshold=pike.conflict_threshold,
                          **pike.strategy_options)
     except (TypeError, ValueError) as error:

@@ -24,6 +24,12 @@ from typing import Any
 
 import yaml
 
+from pike_stream.controller import (
+    DEFAULT_CONFLICT_THRESHOLD,
+    DEFAULT_EMA,
+    DEFAULT_PROBE_SAMPLES,
+    DEFAULT_UPDATE_INTERVAL,
+)
 from pike_stream.mixing import STRATEGIES
 
 __all__ = [
@@ -134,16 +140,17 @@ class PiKEConfig:
 
     The strategy's own options (``zeta1``, ``zeta2``, ``tau``, ``temperature``, …) sit beside these keys and
     are collected into ``strategy_options``; which ones exist depends on the strategy. The defaults are
-    :class:`pike_stream.algorithm.PiKE`'s (a test keeps them equal); ``conflict_threshold: null`` turns the
+    :mod:`pike_stream.controller`'s, which :class:`pike_stream.algorithm.PiKE` uses too; ``conflict_threshold: null`` turns the
     gradient-conflict warning off.
     """
 
     strategy: str = "pike"
-    update_interval: int = 25
+    update_interval: int = DEFAULT_UPDATE_INTERVAL
     warmup_steps: int = 0
-    ema: float = 0.0
+    probe_samples: int = DEFAULT_PROBE_SAMPLES
+    ema: float = DEFAULT_EMA
     sketch_dim: int = 256
-    conflict_threshold: float | None = -0.2
+    conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD
     strategy_options: dict[str, Any] = field(default_factory=dict)
 
 

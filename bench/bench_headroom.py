@@ -1,0 +1,467 @@
+"""Does PiKE help where a better mixture exists? Tuned on one seed, judged on held-out seeds.
+
+    python bench/headroom_corpus.py HEADROOM                    # en, code, dup, noise at seq_len 64
+    python bench/bench_headroom.py --data HEADROOM/mds --work RUNS [--steps 400] [--jobs 2]
+    python bench/bench_headroom.py --report-only                 # md + PNG again from the JSON
+
+Every run trains the same tiny GPT-2 (2 layers, 128 wide, byte vocabulary) on batches of 64 × 64 tokens
+(16 samples of every domain at uniform weights), with the same optimizer and schedule; per seed, every arm
+has the same initialisation and the same per-domain sample orders. Only the mixing differs.
+
+The objective is PiKE's own: the validation loss averaged over **all** domains with equal weight (and the
+worst domain's for Balanced-PiKE).
+
+1. **Tuning seed** (``--tune-seed``), scored on the TRAINING split only (the first eval batches of each
+   domain's train split; no validation data is looked at):
+   * a coarse grid of static mixtures (``dup`` and ``noise`` each at 0.05, 0.15 or 0.25, the rest split
+     equally between ``en`` and ``code``; uniform is one of them). The best is the headroom's mixture.
+   * a sweep of PiKE's settings (:data:`PIKE_SWEEP`): the normalised rule at three step sizes, the paper's
+     raw-scale rule at three, and probe sizes. The best becomes the library's default — before any held-out
+     seed is run.
+2. **Held-out seeds** (``--seeds``), scored on the VALIDATION split: uniform, the best static mixture, pike
+   at the shipped defaults, pike with ζ2 = 0 (the paper's variance ablation), conceptual_pike, pike with a
+   large probe (``ORACLE_PROBE`` samples per domain: better statistics, same rule), and balanced_pike.
+   Differences to uniform are paired per seed.
+
+Each run's result is kept in ``WORK/<name>.json``; rerunning the command skips finished runs (delete the
+folder to start over). Writes ``bench/results/headroom.json`` and, from it, ``headroom.md`` and
+``headroom.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+__all__ = ["analyse", "build_config", "main", "run_one", "static_grid", "write_report"]
+
+RESULTS = Path(ROOT) / "bench" / "results"
+DOMAINS = ("en", "code", "dup", "noise")
+SEQ_LEN = 64
+BATCH = 64
+EVAL_BATCHES = 8
+EVAL_BATCH_SIZE = 16
+ORACLE_PROBE = 64
+GRID_SHARES = (0.05, 0.15, 0.25)
+# PiKE's sweep on the tuning seed. Every entry is complete (no hidden defaults), so the chosen one can be
+# written into the library as it is.
+PIKE_BASE = {"probe_samples": 8, "update_interval": 10, "ema": 0.5, "min_weight": 0.01, "normalize": True}
+PIKE_SWEEP = (
+    {**PIKE_BASE, "zeta1": 0.1, "zeta2": 0.1},
+    {**PIKE_BASE, "zeta1": 0.3, "zeta2": 0.3},
+    {**PIKE_BASE, "zeta1": 1.0, "zeta2": 1.0},
+    {**PIKE_BASE, "normalize": False, "zeta1": 0.1, "zeta2": 0.1},
+    {**PIKE_BASE, "normalize": False, "zeta1": 0.3, "zeta2": 0.3},
+    {**PIKE_BASE, "normalize": False, "zeta1": 1.0, "zeta2": 1.0},
+    {**PIKE_BASE, "probe_samples": 4, "zeta1": 0.3, "zeta2": 0.3},
+    {**PIKE_BASE, "probe_samples": 16, "zeta1": 0.3, "zeta2": 0.3},
+)
+BALANCED_TAU = 1.0
+CONCEPTUAL = {"lr": 3.0e-3, "smoothness": 1.0, "beta": 1.0, "gamma": 1.0, "min_weight": 0.01}
+
+
+# ----------------------------------------------------------------------------------------------- running
+def static_grid() -> list[dict[str, float]]:
+    """The static mixtures of the tuning grid: dup and noise shares from GRID_SHARES, en = code = the rest / 2."""
+    grid = []
+    for dup in GRID_SHARES:
+        for noise in GRID_SHARES:
+            rest = (1.0 - dup - noise) / 2
+            grid.append({"en": rest, "code": rest, "dup": dup, "noise": noise})
+    return grid
+
+
+def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval_every: int, eval_split: str,
+                 pike: dict[str, Any], weights: dict[str, float] | None = None) -> Any:
+    """One run's :class:`~pike_stream.train.config.TrainConfig`: local MDS folders, evaluation of every domain
+    on the first batches of ``eval_split`` every ``eval_every`` steps, no checkpoints."""
+    from pike_stream.train.config import config_from_dict
+
+    def domains(split: str) -> list[dict[str, str]]:
+        return [{"name": d, "local": os.path.join(data, d), "split": split} for d in DOMAINS]
+
+    train_loader: dict[str, Any] = {"domains": domains("train"), "read_ahead": 2}
+    if weights is not None:
+        train_loader["weights"] = weights
+    return config_from_dict({
+        "run_name": name,
+        "seed": seed,
+        "max_seq_len": SEQ_LEN,
+        "global_train_batch_size": BATCH,
+        "device_train_microbatch_size": BATCH,
+        "max_duration": f"{steps}ba",
+        "eval_interval": f"{eval_every}ba",
+        "model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 258},
+        "optimizer": {"name": "decoupled_adamw", "lr": 3.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0},
+        "scheduler": {"name": "cosine_with_warmup", "t_warmup": "20ba", "alpha_f": 0.1},
+        "train_loader": train_loader,
+        "eval_loader": {"device_batch_size": EVAL_BATCH_SIZE, "max_batches": EVAL_BATCHES,
+                        "domains": domains(eval_split)},
+        "algorithms": {"pike": pike},
+        "loggers": {"progress_bar": False, "console": False},
+        "run_folder": os.path.join(work, name),
+    })
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-domain eval curves, the weights of every step and PiKE's statistics from ``metrics.jsonl``."""
+    val: dict[int, dict[str, float]] = {}
+    weights: dict[int, list[float]] = {}
+    stats: dict[int, dict[str, Any]] = {}
+    probe_seconds = []
+    for r in records:
+        step = int(r["step"])
+        for d in DOMAINS:
+            if f"metrics/{d}/LanguageCrossEntropy" in r:
+                val.setdefault(step, {})[d] = float(r[f"metrics/{d}/LanguageCrossEntropy"])
+        if f"pike/weight/{DOMAINS[0]}" in r:
+            weights[step] = [float(r[f"pike/weight/{d}"]) for d in DOMAINS]
+        if "pike/updates" in r:
+            stats[step] = {stat: [r.get(f"pike/{stat}/{d}") for d in DOMAINS]
+                           for stat in ("grad_sq", "variance", "loss")}
+            stats[step]["cosine"] = {k.split("/", 2)[2]: v for k, v in r.items() if k.startswith("pike/cosine/")}
+            stats[step]["min_cosine"] = r.get("pike/min_cosine")
+        if "pike/probe_seconds" in r:
+            probe_seconds.append(float(r["pike/probe_seconds"]))
+    eval_steps = sorted(s for s in val if len(val[s]) == len(DOMAINS))
+    return {
+        "eval_steps": eval_steps,
+        "val_loss": {d: [val[s][d] for s in eval_steps] for d in DOMAINS},
+        "weight_steps": sorted(weights),
+        "weights": [weights[s] for s in sorted(weights)],
+        "stats_steps": sorted(stats),
+        "stats": [stats[s] for s in sorted(stats)],
+        "probe_seconds": float(np.sum(probe_seconds)),
+    }
+
+
+def run_one(spec: dict[str, Any], data: str, work: str, steps: int, eval_every: int) -> dict[str, Any]:
+    """Train one run (or load its finished result from ``work``) and return its spec and curves."""
+    cached = Path(work) / f"{spec['name']}.json"
+    if cached.exists():
+        result = json.loads(cached.read_text())
+        if result.get("spec") == spec and result.get("steps") == steps:
+            return result
+    from pike_stream.train.builder import build_trainer
+    from pike_stream.train.records import read_metrics
+
+    cfg = build_config(name=spec["name"], data=data, work=work, seed=spec["seed"], steps=steps,
+                       eval_every=eval_every, eval_split=spec["eval_split"], pike=spec["pike"],
+                       weights=spec.get("weights"))
+    metrics = Path(cfg.resolved_run_folder) / "metrics.jsonl"
+    if metrics.exists():
+        metrics.unlink()
+    start = time.perf_counter()
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    trainer.close()
+    wall = time.perf_counter() - start
+    result = {"spec": spec, "steps": steps, "wall_seconds": round(wall, 1),
+              **summarize(read_metrics(cfg.resolved_run_folder))}
+    tmp = cached.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(cached)
+    final = final_losses(result)
+    print(f"[{spec['name']}] {wall:.0f} s, final avg {final[0]:.4f}, worst {final[1]:.4f}", flush=True)
+    return result
+
+
+def _worker_init() -> None:
+    import logging
+
+    import torch
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------------------------- analysis
+def avg_curve(run: dict[str, Any]) -> np.ndarray:
+    return np.mean([run["val_loss"][d] for d in DOMAINS], axis=0)
+
+
+def worst_curve(run: dict[str, Any]) -> np.ndarray:
+    return np.max([run["val_loss"][d] for d in DOMAINS], axis=0)
+
+
+def final_losses(run: dict[str, Any]) -> tuple[float, float]:
+    return float(avg_curve(run)[-1]), float(worst_curve(run)[-1])
+
+
+def steps_to_reach(steps: list[int], curve: np.ndarray, target: float) -> float | None:
+    """The first step where ``curve`` reaches ``target``, interpolated linearly (None: never)."""
+    for i, value in enumerate(curve):
+        if value <= target:
+            if i == 0:
+                return float(steps[0])
+            prev = curve[i - 1]
+            frac = (prev - target) / (prev - value) if prev != value else 1.0
+            return float(steps[i - 1] + frac * (steps[i] - steps[i - 1]))
+    return None
+
+
+def _paired(runs: dict[str, dict[int, dict[str, Any]]], arm: str, base: str, seeds: list[int], index: int
+            ) -> list[float]:
+    return [final_losses(runs[arm][s])[index] - final_losses(runs[base][s])[index] for s in seeds]
+
+
+def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    """Per arm: final losses per held-out seed, paired differences to uniform, steps to uniform's final
+    average loss, the noise domain's weight; and the goals, judged on the held-out seeds."""
+    seeds = result["settings"]["seeds"]
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in result["heldout"]:
+        runs.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
+    table = {}
+    for arm, by_seed in runs.items():
+        have = [s for s in seeds if s in by_seed]
+        diffs_avg = _paired(runs, arm, "uniform", have, 0)
+        diffs_worst = _paired(runs, arm, "uniform", have, 1)
+        ratios = []
+        for s in have:
+            uniform = runs["uniform"][s]
+            target = final_losses(uniform)[0]
+            ours = steps_to_reach(by_seed[s]["eval_steps"], avg_curve(by_seed[s]), target)
+            theirs = steps_to_reach(uniform["eval_steps"], avg_curve(uniform), target)
+            ratios.append(None if ours is None or not theirs else ours / theirs)
+        noise = DOMAINS.index("noise")
+        noise_weights = [np.array(by_seed[s]["weights"])[:, noise] for s in have if by_seed[s]["weights"]]
+        table[arm] = {
+            "seeds": have,
+            "final_avg": [final_losses(by_seed[s])[0] for s in have],
+            "final_worst": [final_losses(by_seed[s])[1] for s in have],
+            "diff_avg": diffs_avg, "diff_worst": diffs_worst,
+            "step_ratio": ratios,
+            "noise_weight_final": [float(w[-1]) for w in noise_weights],
+            "noise_weight_max_after_100": [float(w[100:].max()) if len(w) > 100 else None for w in noise_weights],
+            "wall_seconds": float(np.mean([by_seed[s]["wall_seconds"] for s in have])),
+        }
+    goals = {}
+    if "pike" in table and "best_static" in table:
+        gains = [-d for d in table["best_static"]["diff_avg"]]
+        pike_gains = [-d for d in table["pike"]["diff_avg"]]
+        captured = [p / g if g > 0 else None for p, g in zip(pike_gains, gains)]
+        goals["pike_captures_half_of_best_static_gain"] = {
+            "met": all(c is not None and c >= 0.5 for c in captured),
+            "detail": "per held-out seed, pike's gain over uniform / best static's gain: "
+                      + ", ".join("n/a" if c is None else f"{c:.2f}" for c in captured)
+                      + " (goal ≥ 0.5 on every seed)"}
+        ratios = table["pike"]["step_ratio"]
+        goals["pike_reaches_uniform_final_in_0.7x_steps"] = {
+            "met": all(r is not None and r <= 0.7 for r in ratios),
+            "detail": "per held-out seed, pike's steps to uniform's final average loss / uniform's: "
+                      + ", ".join("not reached" if r is None else f"{r:.2f}" for r in ratios) + " (goal ≤ 0.7)"}
+        share = 1 / len(DOMAINS)
+        late = table["pike"]["noise_weight_max_after_100"]
+        goals["noise_weight_falls_early_and_stays_below_uniform"] = {
+            "met": all(x is not None and x < share for x in late),
+            "detail": "per held-out seed, the noise domain's highest weight after step 100: "
+                      + ", ".join("n/a" if x is None else f"{x:.3f}" for x in late) + f" (goal < {share:g})"}
+    if "balanced_pike" in table:
+        worst = {arm: float(np.mean(row["final_worst"])) for arm, row in table.items()}
+        goals["balanced_pike_lowest_worst_domain"] = {
+            "met": min(worst, key=worst.get) == "balanced_pike",
+            "detail": "mean final worst-domain loss over the held-out seeds: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in sorted(worst.items(), key=lambda kv: kv[1]))}
+    return {"table": table, "goals": goals}
+
+
+# ----------------------------------------------------------------------------------------------- report
+def _fmt(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:+.4f}" if values else ""
+    return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
+    """``headroom.md`` and ``headroom.png`` from the results JSON."""
+    a = analyse(result)
+    s = result["settings"]
+    seeds = s["seeds"]
+    lines = [
+        "# Headroom: PiKE where a better mixture exists (en, code, dup, noise)", "",
+        f"A GPT-2 of 2 layers, width 128 (byte vocabulary) trained {s['steps']} steps on batches of {BATCH} × "
+        f"{SEQ_LEN} tokens, AdamW lr 3e-3, cosine schedule. Four domains: English man pages, Python's standard "
+        "library, `dup` (16 lines repeated: memorised early) and `noise` (random printable characters: nothing "
+        "to learn past their frequencies). The score is PiKE's objective: the loss averaged over all four "
+        f"domains with equal weight, on the first {EVAL_BATCHES} × {EVAL_BATCH_SIZE} sequences of each domain. "
+        f"Settings were chosen on seed {s['tune_seed']} scored on the training split; seeds "
+        f"{', '.join(map(str, seeds))} played no part in any choice.", "",
+        f"Command: `{result['command']}`", "",
+        "## Tuning (seed %d, training split)" % s["tune_seed"], "",
+        "Static mixtures (weights en / code / dup / noise), sorted by score:", "",
+        "| en | code | dup | noise | avg train-split loss |", "|---:|---:|---:|---:|---:|"]
+    for run in sorted(result["grid"], key=lambda r: final_losses(r)[0]):
+        w = run["spec"]["weights"]
+        lines.append(f"| {w['en']:.3f} | {w['code']:.3f} | {w['dup']:.3f} | {w['noise']:.3f} | "
+                     f"{final_losses(run)[0]:.4f} |")
+    lines += ["", "PiKE's settings, sorted by score:", "",
+              "| rule | ζ1 | ζ2 | probe samples | T0 | ema | avg train-split loss |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for run in sorted(result["sweep"], key=lambda r: final_losses(r)[0]):
+        p = run["spec"]["pike"]
+        rule = "normalised" if p.get("normalize", True) else "raw (paper)"
+        lines.append(f"| {rule} | {p['zeta1']:g} | {p['zeta2']:g} | {p['probe_samples']} | {p['update_interval']} | "
+                     f"{p['ema']:g} | {final_losses(run)[0]:.4f} |")
+    lines += ["", f"Chosen static mixture: {result['best_static']}. Chosen PiKE settings (the library's "
+              f"defaults): {result['chosen_pike']}.", "",
+              "## Held-out seeds (validation split)", "",
+              "Differences are paired per seed (same initialisation and sample orders), arm − uniform; mean ± "
+              "sample standard deviation over the held-out seeds. Negative is better.", "",
+              "| arm | final avg loss per seed | avg − uniform | final worst-domain loss | worst − uniform | "
+              "steps to uniform's final avg (× uniform's) | noise weight at the end | wall s/run |",
+              "|---|---|---:|---|---:|---|---|---:|"]
+    order = ["uniform", "best_static", "pike", "pike_zeta2_0", "pike_oracle", "conceptual_pike", "balanced_pike"]
+    for arm in [a_ for a_ in order if a_ in a["table"]]:
+        row = a["table"][arm]
+        lines.append(
+            f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {_fmt(row['diff_avg'])} | "
+            f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {_fmt(row['diff_worst'])} | "
+            f"{', '.join('—' if r is None else f'{r:.2f}' for r in row['step_ratio'])} | "
+            f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
+    lines += ["", "## Goals", ""]
+    for name, goal in a["goals"].items():
+        lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
+    lines += ["", "![validation loss and weights](headroom.png)", ""]
+    (out / "headroom.md").write_text("\n".join(lines))
+    _plot(result, out / "headroom.png")
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = result["settings"]["seeds"]
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in result["heldout"]:
+        runs.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    for i, (arm, by_seed) in enumerate(runs.items()):
+        have = [s for s in seeds if s in by_seed]
+        if not have:
+            continue
+        curve = np.mean([avg_curve(by_seed[s]) for s in have], axis=0)
+        axes[0].plot(by_seed[have[0]]["eval_steps"], curve, marker="o", ms=3, color=f"C{i}", label=arm)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("validation loss, average over domains (mean over held-out seeds)")
+    axes[0].legend(fontsize=8)
+    if "pike" in runs:
+        for s in seeds:
+            run = runs["pike"].get(s)
+            if run and run["weights"]:
+                w = np.array(run["weights"])
+                for k, d in enumerate(DOMAINS):
+                    axes[1].plot(run["weight_steps"], w[:, k], color=f"C{k}", alpha=0.7,
+                                 label=d if s == seeds[0] else None)
+        axes[1].axhline(1 / len(DOMAINS), color="grey", ls=":", lw=1)
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel("pike's weight (each held-out seed)")
+        axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="the headroom corpus's mds/ folder (bench/headroom_corpus.py)")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pike-headroom"))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=40)
+    parser.add_argument("--tune-seed", type=int, default=0)
+    parser.add_argument("--seeds", default="1,2,3", help="held-out seeds, comma-separated")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
+    parser.add_argument("--stage", choices=("tune", "all"), default="all",
+                        help="tune: only the tuning seed's grid and sweep (prints the choice)")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.report_only:
+        write_report(json.loads((out / "headroom.json").read_text()), out)
+        print(f"wrote {out / 'headroom.md'}")
+        return 0
+    if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
+        parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/headroom_corpus.py)")
+    os.makedirs(args.work, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    pool = ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init,
+                               mp_context=__import__("multiprocessing").get_context("spawn"))
+
+    def run_all(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        futures = [pool.submit(run_one, spec, args.data, args.work, args.steps, args.eval_every) for spec in specs]
+        return [f.result() for f in futures]
+
+    from pike_stream.controller import DEFAULT_EMA, DEFAULT_PROBE_SAMPLES, DEFAULT_UPDATE_INTERVAL
+    from pike_stream.mixing import get_strategy
+
+    tune = args.tune_seed
+    static = {"strategy": "uniform"}
+    grid_specs = [{"name": f"grid-s{tune}-" + "-".join(f"{w[d]:.3f}" for d in DOMAINS), "seed": tune,
+                   "eval_split": "train", "pike": static, "weights": w} for w in static_grid()]
+    sweep_specs = [{"name": f"sweep-s{tune}-" + "-".join(f"{k}_{v}" for k, v in sorted(p.items())), "seed": tune,
+                    "eval_split": "train",
+                    "pike": {"strategy": "pike", "warmup_steps": p["update_interval"], **p}} for p in PIKE_SWEEP]
+    tuned = run_all(grid_specs + sweep_specs)
+    grid, sweep = tuned[:len(grid_specs)], tuned[len(grid_specs):]
+    best_static = min(grid, key=lambda r: final_losses(r)[0])["spec"]["weights"]
+    chosen = min(sweep, key=lambda r: final_losses(r)[0])["spec"]["pike"]
+    print(f"tuning seed {tune}: best static mixture {best_static}; best PiKE settings {chosen}", flush=True)
+    if args.stage == "tune":
+        pool.shutdown()
+        return 0
+
+    # The held-out arms use the library's shipped defaults; they must be the tuning seed's choice.
+    defaults = get_strategy("pike")
+    shipped = {"probe_samples": DEFAULT_PROBE_SAMPLES, "update_interval": DEFAULT_UPDATE_INTERVAL, "ema": DEFAULT_EMA,
+               "zeta1": defaults.zeta1, "zeta2": defaults.zeta2, "min_weight": defaults.min_weight,
+               "normalize": defaults.normalize}
+    if {k: chosen[k] for k in shipped} != shipped:
+        print(f"note: the shipped defaults {shipped} differ from the tuning seed's choice {chosen}", flush=True)
+    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL}
+    arms = {
+        "uniform": ({"strategy": "uniform"}, None),
+        "best_static": ({"strategy": "uniform"}, best_static),
+        "pike": (pike, None),
+        "pike_zeta2_0": ({**pike, "zeta2": 0.0}, None),
+        "pike_oracle": ({**pike, "probe_samples": ORACLE_PROBE}, None),
+        "conceptual_pike": ({"strategy": "conceptual_pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **CONCEPTUAL},
+                            None),
+        "balanced_pike": ({**pike, "strategy": "balanced_pike", "tau": BALANCED_TAU}, None),
+    }
+    specs = [{"name": f"{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "pike": p,
+              **({"weights": w} if w else {})} for seed in seeds for arm, (p, w) in arms.items()]
+    heldout = run_all(specs)
+    pool.shutdown()
+    result = {
+        "settings": {"steps": args.steps, "eval_every": args.eval_every, "tune_seed": tune, "seeds": seeds,
+                     "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
+        "command": "python bench/bench_headroom.py --data HEADROOM/mds --work RUNS "
+                   f"--steps {args.steps} --eval-every {args.eval_every} --tune-seed {tune} --seeds {args.seeds} "
+                   f"--jobs {args.jobs}",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "grid": grid, "sweep": sweep, "best_static": best_static, "chosen_pike": chosen,
+        "shipped_defaults": shipped, "heldout": heldout,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "headroom.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
+    write_report(result, out)
+    print(f"wrote {out / 'headroom.json'} and headroom.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

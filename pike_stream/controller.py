@@ -1,0 +1,350 @@
+"""The mixing controller: from the step, the weights in force and a probe's statistics to the next weights.
+
+No Composer inside: :class:`~pike_stream.algorithm.PiKE` wires it into Composer's loop, and a plain PyTorch
+loop uses it directly (``mixer`` a :class:`~pike_stream.mixer.PiKEStreamingMixer`, ``model`` an
+``nn.Module`` or Composer model whose network ``causal_lm_per_sample_loss`` understands)::
+
+    from pike_stream.controller import MixingController
+    from pike_stream.mixing import get_strategy
+    from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
+
+    controller = MixingController(get_strategy("pike"), mixer.domain_names, update_interval=10)
+    mixer.set_weights(controller.initial_weights(list(mixer.domain_sizes.values())))
+    for step, batch in zip(range(num_steps), mixer.dataloader()):
+        probe = None
+        if controller.probes_at(step):
+            probe_batch = mixer.probe_batch(controller.probe_samples)   # m samples of every domain
+            probe = probe_domains(model, probe_batch, len(mixer.domain_names), causal_lm_per_sample_loss)
+        update = controller.next_weights(step, list(mixer.weights.values()), mixer.global_batch_size, probe)
+        mixer.set_weights(update.weights)  # composes batch step + 1
+        loss = causal_lm_per_sample_loss(model, batch).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+What the controller owns (and saves in its state):
+
+* **The schedule.** Batch ``t`` is an update step when ``t ≥ warmup_steps`` and
+  ``(t − warmup_steps) mod update_interval = 0``.
+* **Averaging across updates.** Each probe's estimates of ``G_k``, ``S_k`` and the loss are unbiased but
+  noisy; each domain's are averaged as ``x ← a·x + (1 − a)·x_fresh`` (``a = ema``; the first estimate is
+  taken as it is). A domain's average moves only when it has a fresh estimate.
+* **No stale estimates.** The strategy is given, for each domain, its average *only if the domain was
+  estimated in this probe*; a domain without a fresh estimate is NaN for this update, so it keeps its weight
+  share (:func:`~pike_stream.mixing.pike.multiplicative_update`). With a probe batch
+  (:meth:`~pike_stream.mixer.PiKEStreamingMixer.probe_batch`, ``probe_samples`` per domain) every domain is
+  estimated at every update whatever its weight, so this only happens when probing the training batch.
+* **Gradient conflict.** The probe's cross-domain inner products are unbiased for ``⟨∇L_i, ∇L_j⟩``; they are
+  averaged across updates with :data:`CONFLICT_SMOOTHING`, and the cosine of a pair is the averaged inner
+  product over the square root of the two averaged ``G`` (:attr:`cosines`). A conflict is reported when a
+  pair's averaged cosine stays below the threshold after at least :data:`CONFLICT_MIN_UPDATES` updates
+  that saw both domains: a persisting conflict, not one noisy probe.
+* **Bad numbers skip the update.** An infinite value, a NaN loss for a domain with samples, or a NaN G or S
+  for a domain with more samples than there are ranks (so some rank had two and must have estimated it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pike_stream.mixing import DomainStats, Strategy, check_weights
+
+if TYPE_CHECKING:  # the controller itself needs neither torch nor Composer
+    from pike_stream.probe import ProbeResult
+
+__all__ = [
+    "CONFLICT_MIN_UPDATES",
+    "CONFLICT_SMOOTHING",
+    "DEFAULT_CONFLICT_THRESHOLD",
+    "DEFAULT_EMA",
+    "DEFAULT_PROBE_SAMPLES",
+    "DEFAULT_UPDATE_INTERVAL",
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "MixingController",
+    "WeightUpdate",
+    "min_cosine",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPDATE_INTERVAL = 10
+"""T0, steps between PiKE updates. Chosen on the headroom benchmark's tuning seed
+(``bench/results/headroom.md``); the probe's overhead is about (probe time / step time) / T0, see
+``bench/results/overhead.json``."""
+
+DEFAULT_PROBE_SAMPLES = 8
+"""m, samples of every domain in a probe batch (over all ranks). Each update then estimates every domain
+from m samples (two halves of m/2), whatever its weight; averaging across updates (:data:`DEFAULT_EMA`)
+cuts the noise further. 0 probes the training batch instead (a domain gets samples in proportion to its
+weight, so a down-weighted one goes without estimates)."""
+
+DEFAULT_EMA = 0.5
+"""Smoothing of each domain's statistics across updates (0: each probe as it is)."""
+
+DEFAULT_CONFLICT_THRESHOLD = -0.2
+"""Report a conflict when a pair's averaged gradient cosine (:attr:`MixingController.cosines`) stays below
+this. PiKE's bound assumes low gradient conflict (cosines near zero or positive)."""
+
+CONFLICT_SMOOTHING = 0.9
+"""Averaging of the cross-domain inner products across updates (about the last 10 updates)."""
+
+CONFLICT_MIN_UPDATES = 10
+"""Updates that must have seen both domains of a pair before its cosine can count as a conflict."""
+
+STATE_FORMAT = "pike_stream.algorithm"
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+_STATISTICS = ("grad_sq", "variance", "loss")
+
+
+@dataclass(frozen=True)
+class WeightUpdate:
+    """What :meth:`MixingController.next_weights` decided for the next step.
+
+    Attributes:
+        weights: the weights of the next step, ``[K]`` on the simplex.
+        stats: the statistics the strategy was given (averaged across updates; NaN for domains without a
+            fresh estimate), or None when it got none (no probe, or the update was skipped).
+        skipped: why this step's probe was not used (non-finite statistics), else None.
+        min_cosine: the lowest averaged pairwise cosine among pairs seen at least
+            :data:`CONFLICT_MIN_UPDATES` times, None without one.
+        conflict: the two domains with that cosine, when it is below the conflict threshold, else None.
+    """
+
+    weights: np.ndarray
+    stats: DomainStats | None = None
+    skipped: str | None = None
+    min_cosine: float | None = None
+    conflict: tuple[str, str] | None = None
+
+
+def min_cosine(cosine: np.ndarray | None) -> tuple[float, int, int] | None:
+    """The lowest off-diagonal entry of a cosine matrix and its domains ``(value, i, j)``, ``i < j``.
+
+    NaN entries (pairs without an estimate) are ignored; None when no pair has a value.
+    """
+    if cosine is None:
+        return None
+    c = np.asarray(cosine, dtype=np.float64)
+    i, j = np.triu_indices(c.shape[0], k=1)
+    values = c[i, j]
+    defined = np.isfinite(values)
+    if not np.any(defined):
+        return None
+    best = int(np.flatnonzero(defined)[np.argmin(values[defined])])
+    return float(values[best]), int(i[best]), int(j[best])
+
+
+def check_schedule(update_interval: Any, warmup_steps: Any, ema: Any, probe_samples: Any) -> None:
+    """Raise ``ValueError`` naming the option unless ``update_interval ≥ 1``, ``warmup_steps ≥ 0``,
+    ``probe_samples ≥ 0`` (integers) and ``0 ≤ ema < 1``."""
+    def integer(value: Any, minimum: int) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
+
+    if not integer(update_interval, 1):
+        raise ValueError(f"PiKE option 'update_interval' (T0, steps between updates) must be an integer ≥ 1, "
+                         f"got {update_interval!r}")
+    if not integer(warmup_steps, 0):
+        raise ValueError(f"PiKE option 'warmup_steps' must be an integer ≥ 0, got {warmup_steps!r}")
+    if not integer(probe_samples, 0) or probe_samples == 1:
+        raise ValueError(f"PiKE option 'probe_samples' (samples of every domain per probe; 0 probes the training "
+                         f"batch) must be 0 or an integer ≥ 2, got {probe_samples!r}")
+    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not (math.isfinite(ema) and 0.0 <= ema < 1.0):
+        raise ValueError(f"PiKE option 'ema' (smoothing of the statistics across updates) must be in [0, 1), "
+                         f"got {ema!r}")
+
+
+class MixingController:
+    """Turns the step, the weights in force and a probe's statistics into the weights of the next step.
+
+    It knows nothing about where statistics come from or where weights go (see the module docstring).
+
+    Args:
+        strategy: the mixing strategy (:func:`~pike_stream.mixing.get_strategy`).
+        domain_names: the domains, in the mixer's order (statistics and weights are in this order).
+        update_interval: T0, steps between updates (adaptive strategies).
+        warmup_steps: steps before the first update (batches ``0 … warmup_steps`` keep the initial weights).
+        ema: averaging of the statistics across updates, in ``[0, 1)``; 0 uses each probe as it is.
+        probe_samples: m, samples of every domain in a probe batch; 0 probes the training batch. The
+            controller only carries the number for its caller (who draws the probe batch).
+        conflict_threshold: report the two domains whose averaged gradient cosine is lowest when it stays
+            below this; None never does.
+    """
+
+    def __init__(self, strategy: Strategy, domain_names: Sequence[str], *,
+                 update_interval: int = DEFAULT_UPDATE_INTERVAL, warmup_steps: int = 0, ema: float = DEFAULT_EMA,
+                 probe_samples: int = DEFAULT_PROBE_SAMPLES,
+                 conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD) -> None:
+        check_schedule(update_interval, warmup_steps, ema, probe_samples)
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a mixing strategy (get_strategy(name)), got {type(strategy).__name__}")
+        names = list(domain_names)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"domain_names must be distinct and non-empty, got {names}")
+        self.strategy = strategy
+        self.domain_names = names
+        self.update_interval = int(update_interval)
+        self.warmup_steps = int(warmup_steps)
+        self.ema = float(ema)
+        self.probe_samples = int(probe_samples)
+        self.conflict_threshold = conflict_threshold
+        self.updates = 0
+        self.skipped_updates = 0
+        k = len(names)
+        self._estimates = np.full((len(_STATISTICS), k), np.nan)  # rows: grad_sq, variance, loss
+        self._inner = np.full((k, k), np.nan)       # averaged ⟨∇L_i, ∇L_j⟩ (diagonal: averaged G)
+        self._pair_updates = np.zeros((k, k), np.int64)  # updates that saw both domains of a pair
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.domain_names)
+
+    @property
+    def estimates(self) -> DomainStats:
+        """Each domain's statistics averaged across updates (NaN for domains never estimated)."""
+        return DomainStats(*self._estimates)
+
+    @property
+    def cosines(self) -> np.ndarray:
+        """``[K, K]`` averaged gradient cosines: averaged ``⟨∇L_i, ∇L_j⟩ / √(Ḡ_i·Ḡ_j)``, clipped to [−1, 1].
+
+        NaN where a pair was never seen, or where an averaged ``G`` is not positive (no usable norm).
+        """
+        g = np.diag(self._inner).copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            norms = np.sqrt(np.where(g > 0, g, np.nan))
+            cosine = np.clip(self._inner / np.outer(norms, norms), -1.0, 1.0)
+        np.fill_diagonal(cosine, np.where(g > 0, 1.0, np.nan))
+        return cosine
+
+    def initial_weights(self, sizes: Sequence[float] | np.ndarray) -> np.ndarray:
+        """The strategy's weights of step 0 for domains of ``sizes`` samples (in the controller's order)."""
+        sizes = np.asarray(sizes, dtype=np.float64)
+        if sizes.shape != (self.num_domains,):
+            raise ValueError(f"sizes has shape {sizes.shape}; expected one entry per domain {self.domain_names}")
+        return self.strategy.initial_weights(sizes)
+
+    def probes_at(self, step: int) -> bool:
+        """Whether batch ``step`` is probed: adaptive strategy, ``step ≥ warmup_steps`` and on the interval."""
+        return (self.strategy.adaptive and step >= self.warmup_steps
+                and (step - self.warmup_steps) % self.update_interval == 0)
+
+    def next_weights(self, step: int, weights: Sequence[float] | np.ndarray, batch_size: int,
+                     probe: ProbeResult | None = None, *, world_size: int = 1) -> WeightUpdate:
+        """The weights of step ``step + 1``, given those of step ``step`` and, on an update step, its probe.
+
+        Args:
+            step: the step just composed (0-based).
+            weights: the weights in force at ``step`` (those that composed its batch).
+            batch_size: the global (training) batch size.
+            probe: the statistics measured at ``step`` (:func:`~pike_stream.probe.probe_domains`), or None.
+            world_size: the number of data-parallel ranks the probe averaged over.
+        """
+        current = check_weights(weights, "weights", self.num_domains)
+        if probe is None or not self.strategy.adaptive:
+            return WeightUpdate(self.strategy.weights(step + 1, current, None, batch_size))
+        problem = self._bad_statistics(probe, world_size)
+        if problem is not None:
+            self.skipped_updates += 1
+            log.warning("PiKE: update at step %d skipped, weights unchanged (%d skipped so far): %s", step,
+                        self.skipped_updates, problem)
+            return WeightUpdate(current, None, problem, *self._conflict())
+        fresh = np.stack([np.asarray(getattr(probe, name), dtype=np.float64) for name in _STATISTICS])
+        self._estimates = self._average(self._estimates, fresh, self.ema)
+        if probe.inner is not None:
+            inner = np.asarray(probe.inner, dtype=np.float64)
+            self._inner = self._average(self._inner, inner, CONFLICT_SMOOTHING)
+            self._pair_updates += np.isfinite(inner)
+        # The strategy sees the averages of the domains estimated now, and NaN (keep your share) for the rest.
+        stats = DomainStats(*np.where(np.isnan(fresh), np.nan, self._estimates))
+        new = self.strategy.weights(step + 1, current, stats, batch_size)
+        self.updates += 1
+        return WeightUpdate(new, stats, None, *self._conflict())
+
+    @staticmethod
+    def _average(old: np.ndarray, fresh: np.ndarray, smoothing: float) -> np.ndarray:
+        """``a·old + (1 − a)·fresh`` where both exist, ``fresh`` where ``old`` is NaN, ``old`` where ``fresh`` is."""
+        mixed = np.where(np.isnan(old), fresh, smoothing * old + (1.0 - smoothing) * fresh)
+        return np.where(np.isnan(fresh), old, mixed)
+
+    def _conflict(self) -> tuple[float | None, tuple[str, str] | None]:
+        """The lowest averaged cosine over pairs seen often enough, and the pair when it is below threshold."""
+        cosine = self.cosines
+        cosine[self._pair_updates < CONFLICT_MIN_UPDATES] = np.nan
+        lowest = min_cosine(cosine)
+        if lowest is None:
+            return None, None
+        value, i, j = lowest
+        conflict = None
+        if self.conflict_threshold is not None and value < self.conflict_threshold:
+            conflict = (self.domain_names[i], self.domain_names[j])
+        return value, conflict
+
+    def _bad_statistics(self, probe: ProbeResult, world_size: int) -> str | None:
+        """Why ``probe`` must not be used (named by domain), or None when it can be."""
+        counts = np.asarray(probe.counts)
+        if counts.shape != (self.num_domains,):
+            raise ValueError(f"the probe covers {counts.size} domains; the controller has {self.num_domains} "
+                             f"({self.domain_names})")
+        problems = []
+        for name in _STATISTICS:
+            values = np.asarray(getattr(probe, name), dtype=np.float64)
+            expected = counts > 0 if name == "loss" else counts > world_size
+            bad = np.isinf(values) | (np.isnan(values) & expected)
+            if np.any(bad):
+                problems.append(f"{name} is non-finite for "
+                                + ", ".join(f"{self.domain_names[k]} ({values[k]})" for k in np.flatnonzero(bad)))
+        if probe.inner is not None and np.any(np.isinf(probe.inner)):
+            problems.append("a cross-domain inner product is infinite")
+        return "; ".join(problems) or None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to make the same decisions: small, versioned, keyed by domain."""
+        names = self.domain_names
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "strategy": self.strategy.name,
+            "updates": self.updates,
+            "skipped_updates": self.skipped_updates,
+            "domains": {name: {stat: float(self._estimates[row, k]) for row, stat in enumerate(_STATISTICS)}
+                        for k, name in enumerate(names)},
+            "inner": {a: {b: float(self._inner[i, j]) for j, b in enumerate(names)} for i, a in enumerate(names)},
+            "pair_updates": {a: {b: int(self._pair_updates[i, j]) for j, b in enumerate(names)}
+                             for i, a in enumerate(names)},
+        }
+
+    def load_state_dict(self, obj: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`; refuses another format, version or set of domains.
+
+        A state without domains (saved before the mixer was known) restores the counters only; a version-1
+        state (before cross-domain inner products were kept) starts them afresh.
+        """
+        if not isinstance(obj, Mapping) or obj.get("format") != STATE_FORMAT:
+            found = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
+            raise ValueError(f"not a PiKE state (expected format {STATE_FORMAT!r}, got {found!r})")
+        if obj.get("version") not in _READABLE_VERSIONS:
+            raise ValueError(f"PiKE state version {obj.get('version')!r} is not supported (this pike_stream "
+                             f"reads versions {', '.join(map(str, _READABLE_VERSIONS))})")
+        saved = obj["domains"]
+        names = self.domain_names
+        if saved and set(saved) != set(names):
+            raise ValueError(f"the saved PiKE state covers domains {sorted(saved)}, this run has {sorted(names)}")
+        if obj["strategy"] != self.strategy.name:
+            log.warning("PiKE: the checkpoint was made with mixing strategy %r; continuing with %r",
+                        obj["strategy"], self.strategy.name)
+        self._estimates = np.array([[saved[name][stat] if saved else np.nan for name in names]
+                                    for stat in _STATISTICS], dtype=np.float64)
+        inner, pairs = obj.get("inner") or {}, obj.get("pair_updates") or {}
+        self._inner = np.array([[inner[a][b] if inner else np.nan for b in names] for a in names], dtype=np.float64)
+        self._pair_updates = np.array([[pairs[a][b] if pairs else 0 for b in names] for a in names], dtype=np.int64)
+        self.updates = int(obj["updates"])
+        self.skipped_updates = int(obj["skipped_updates"])
