@@ -5,10 +5,12 @@
 Three measurements, in one process, on the same model and synthetic domains (random tokens):
 
 * probe vs step: the time of one probe (:func:`pike_stream.probe.probe_domains`) over a training step
-  (zero_grad, forward, backward, Adam), for K = 2, 8 and 32 domains in a 64-sample batch. The algorithm's
-  overhead at interval T0 is about this ratio / T0; the table gives it for several T0.
-* end to end: Composer Trainers on K = 8 domains, static weights (no algorithm) against PiKE at T0 = 10 and
-  at the default T0, trained in interleaved chunks of ``--chunk`` steps (every arm once per round, so load
+  (zero_grad, forward, backward, Adam), for K = 2, 8 and 32 domains and a 64-sample training batch. The
+  probe reads the default probe batch (``DEFAULT_PROBE_SAMPLES`` samples of every domain, so K·m samples in
+  2K pieces), as PiKE does at its defaults. The algorithm's overhead at interval T0 is about this ratio /
+  T0; the table gives it for several T0.
+* end to end: Composer Trainers on K = 8 domains, static weights (no algorithm) against PiKE at the default
+  T0 and at T0 = 100, trained in interleaved chunks of ``--chunk`` steps (every arm once per round, so load
   changes on the machine hit all alike); the overhead is the extra wall time per chunk.
 * memory: peak bytes of live tensors during a static step and during probe + step (as in Composer, the
   previous step's gradients are alive while the probe runs), counted by a dispatch mode that sees every
@@ -168,13 +170,18 @@ def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
 
 
 class StepAndProbe:
-    """A fresh model and Adam on one batch of K domains (uniform weights), with a training step and a probe."""
+    """A fresh model and Adam on one batch of K domains (uniform weights), with a training step and a probe of
+    the default probe batch."""
 
     def __init__(self, root: str, k: int) -> None:
+        from pike_stream.controller import DEFAULT_PROBE_SAMPLES
+
         self.k = k
         self.model = make_network()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.batch = make_mixer(root, k).next_batch()
+        mixer = make_mixer(root, k)
+        self.batch = mixer.next_batch()
+        self.probe_batch = mixer.probe_batch(DEFAULT_PROBE_SAMPLES)
 
     def step(self) -> None:
         """zero_grad, forward, backward, Adam."""
@@ -187,7 +194,7 @@ class StepAndProbe:
     def probe(self, sketch_dim: int = 256) -> None:
         from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
 
-        probe_domains(self.model, self.batch, self.k, causal_lm_per_sample_loss, sketch_dim=sketch_dim)
+        probe_domains(self.model, self.probe_batch, self.k, causal_lm_per_sample_loss, sketch_dim=sketch_dim)
 
 
 def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
@@ -209,7 +216,9 @@ def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
             unsketched += timed(probe_without_sketch, 1)
         step_s, probe_s = statistics.median(steps), statistics.median(probes)
         ratio = probe_s / step_s
-        rows.append({"domains": k, "samples_per_domain": BATCH // k, "step_s": step_s, "probe_s": probe_s,
+        rows.append({"domains": k, "samples_per_domain": BATCH // k,
+                     "probe_samples_per_domain": int(run.probe_batch["domain"].numel()) // k,
+                     "step_s": step_s, "probe_s": probe_s,
                      "probe_without_sketch_s": statistics.median(unsketched), "probe_over_step": ratio,
                      "predicted_overhead": {str(t0): ratio / t0 for t0 in INTERVALS}})
         print(f"K={k:2d}: step {step_s:.3f}s, probe {probe_s:.3f}s (no sketch "
@@ -229,11 +238,11 @@ def memory(root: str) -> list[dict[str, Any]]:
 
         # A reference: one gradient of the largest half-domain the probe differentiates (one gradient buffer
         # and that half's activations); the probe's peak should exceed it by at most one gradient buffer.
-        domains = batch["domain"]
+        domains = run.probe_batch["domain"]
         largest = int(torch.bincount(domains).argmax())
         rows_of_half = torch.nonzero(domains == largest).flatten()
         rows_of_half = rows_of_half[rows_of_half.numel() // 2:]
-        half = {key: value[rows_of_half] for key, value in batch.items()}
+        half = {key: value[rows_of_half] for key, value in run.probe_batch.items()}
 
         def one_gradient() -> None:
             torch.autograd.grad(causal_lm_per_sample_loss(model, half).mean(), list(model.parameters()))
@@ -266,7 +275,7 @@ def memory(root: str) -> list[dict[str, Any]]:
 
 
 def end_to_end(root: str, chunk: int, rounds: int) -> dict[str, Any]:
-    """Composer training: static weights vs PiKE at T0 = 10 and the default T0, in interleaved chunks.
+    """Composer training: static weights vs PiKE at the default T0 and at T0 = 100, in interleaved chunks.
 
     Two estimates of the overhead. The wall time of the chunks is the direct one, but on a shared machine
     load changes between chunks move it by more than the effect: a second static arm ("static_control")
@@ -279,7 +288,7 @@ def end_to_end(root: str, chunk: int, rounds: int) -> dict[str, Any]:
     from composer.loggers import InMemoryLogger
 
     from pike_stream import PiKE
-    from pike_stream.algorithm import DEFAULT_UPDATE_INTERVAL
+    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
     class TimedPiKE(PiKE):
         """PiKE that records how long its AFTER_DATALOADER work takes on steps without a probe."""
@@ -306,8 +315,8 @@ def end_to_end(root: str, chunk: int, rounds: int) -> dict[str, Any]:
         def batch_end(self, state, logger) -> None:
             self.seconds.append(time.perf_counter() - self._start)
 
-    intervals = {"static": None, "pike_T0=10": 10, f"pike_T0={DEFAULT_UPDATE_INTERVAL}": DEFAULT_UPDATE_INTERVAL,
-                 "static_control": None}
+    intervals = {"static": None, f"pike_T0={DEFAULT_UPDATE_INTERVAL}": DEFAULT_UPDATE_INTERVAL,
+                 "pike_T0=100": 100, "static_control": None}
     trainers, timers, algorithms, loggers = {}, {}, {}, {}
     for name, interval in intervals.items():
         model = make_composer_model()
@@ -411,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.chunk, args.rounds, args.repeats = 10, 2, 2
     torch.set_num_threads(args.threads)
 
-    from pike_stream.algorithm import DEFAULT_UPDATE_INTERVAL
+    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
     started = time.perf_counter()
     result: dict[str, Any] = {

@@ -108,9 +108,9 @@ class PiKE(Algorithm):
             ``"balanced_pike"``, ``"conceptual_pike"`` adapt; the others are the static baselines.
         update_interval: T0, steps between updates.
         warmup_steps: steps with the initial weights before the first update.
-        probe_samples: m, samples of every domain in the probe batch of an update (over all ranks; each rank
-            probes its share, so give every rank at least two of each domain: m ≥ 2·world size). 0 probes
-            the training batch instead.
+        probe_samples: m, samples of every domain in the probe batch of an update, over all ranks (rounded up
+            to a multiple of the world size, and at least two per rank); each rank probes its share and the
+            statistics are averaged with one all-reduce. 0 probes the training batch instead.
         initial_weights: ``{domain: weight}`` for step 0 (normalised); None: the strategy's own (uniform or
             proportional to domain sizes, see its ``initial`` option).
         ema: averaging of the statistics across updates, in ``[0, 1)``; 0 is off.
@@ -213,23 +213,29 @@ class PiKE(Algorithm):
                              + (f"; missing: {missing}" if missing else ""))
         return weights
 
+    def _probe_size(self) -> int:
+        """Samples of every domain in a probe batch over all ranks: ``probe_samples`` rounded up to a multiple
+        of the world size, and at least two per rank, so that every rank can estimate every domain."""
+        ranks = dist.get_world_size()
+        return max(2 * ranks, -(-self.probe_samples // ranks) * ranks)
+
     def _warn_if_probe_is_thin(self, mixer: PiKEStreamingMixer) -> None:
-        """Warn when the probe cannot estimate every domain on every rank (two samples of it per rank)."""
+        """Say how every domain is probed, and warn when probing the training batch cannot estimate one."""
         if not self.strategy.adaptive:
             return
         ranks = dist.get_world_size()
-        if self.probe_samples and self.probe_samples < 2 * ranks:
-            log.warning("PiKE: probe_samples=%d over %d ranks gives a rank fewer than two samples of a domain; "
-                        "ranks with fewer than two do not estimate it (set probe_samples ≥ %d)",
-                        self.probe_samples, ranks, 2 * ranks)
-        if not self.probe_samples:
-            floor = getattr(self.strategy, "min_weight", 0.0)
-            samples = floor * mixer.global_batch_size
-            if samples <= 2 * ranks:
-                log.warning("PiKE: probe_samples=0 probes the training batch, where a domain at the min_weight "
-                            "floor (%g) gets about %.2f of %d samples: too few to estimate it, so its weight stays "
-                            "until it gets more; a probe batch (probe_samples ≥ %d) estimates every domain at "
-                            "every update", floor, samples, mixer.global_batch_size, 2 * ranks)
+        if self.probe_samples:
+            if self._probe_size() != self.probe_samples:
+                log.info("PiKE: probe_samples=%d over %d ranks: probing %d samples of every domain (at least two "
+                         "on every rank)", self.probe_samples, ranks, self._probe_size())
+            return
+        floor = getattr(self.strategy, "min_weight", 0.0)
+        samples = floor * mixer.global_batch_size
+        if samples <= 2 * ranks:
+            log.warning("PiKE: probe_samples=0 probes the training batch, where a domain at the min_weight floor "
+                        "(%g) gets about %.2f of %d samples: too few to estimate it, so its weight stays until it "
+                        "gets more; a probe batch (probe_samples ≥ 2) estimates every domain at every update",
+                        floor, samples, mixer.global_batch_size)
 
     def _after_dataloader(self, state: State, logger: Logger) -> None:
         """Log batch t's mixture; on an update step probe every domain; set the weights of batch t+1."""
@@ -243,7 +249,7 @@ class PiKE(Algorithm):
         if controller.probes_at(step):
             start = time.perf_counter()
             if self.probe_samples:
-                batch = state.device.batch_to_device(mixer.probe_batch(self.probe_samples))
+                batch = state.device.batch_to_device(mixer.probe_batch(self._probe_size()))
             else:
                 batch = state.batch = state.device.batch_to_device(state.batch)
             with get_precision_context(state.precision, state.precision_config):

@@ -22,6 +22,7 @@ from composer.models import ComposerModel
 from streaming import MDSWriter
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import pike_stream.algorithm as algorithm_module
 import pike_stream.controller as controller_module
 from pike_stream import Domain, PiKE, PiKEStreamingMixer
 from pike_stream.algorithm import find_mixer
@@ -370,7 +371,7 @@ def test_a_probe_that_cannot_estimate_every_domain_is_announced(data_root: str, 
     """With B = 12 and probe_samples = 0, a domain on a floor of 0.05 gets 0.6 samples a batch: no estimate."""
     with caplog.at_level(logging.WARNING, logger="pike_stream.algorithm"):
         train(data_root, "1ba", algorithms=[PiKE(**options)])
-    found = [r.getMessage() for r in caplog.records if "PiKE: probe_samples" in r.getMessage()]
+    found = [r.getMessage() for r in caplog.records if "PiKE: probe_samples=0" in r.getMessage()]
     assert (warning in found[0]) if warning else not found
 
 
@@ -411,3 +412,11 @@ def test_plain_pytorch_loop_example_from_the_docstring_runs(data_root: str) -> N
     exec(compile(code, "pike_stream.controller docstring", "exec"), namespace)
     assert mixer.step == 3
     assert not np.allclose(list(mixer.weights.values()), 1 / 3)  # step 0 was probed and moved them
+
+
+@pytest.mark.parametrize("probe_samples, world_size, expected", [(8, 1, 8), (8, 2, 8), (8, 3, 9), (8, 8, 16),
+                                                                 (2, 1, 2), (3, 2, 4)])
+def test_the_probe_batch_gives_every_rank_two_samples_of_every_domain(monkeypatch, probe_samples: int,
+                                                                      world_size: int, expected: int) -> None:
+    monkeypatch.setattr(algorithm_module.dist, "get_world_size", lambda: world_size)
+    assert PiKE(probe_samples=probe_samples)._probe_size() == expected

@@ -1,14 +1,25 @@
-"""The headroom corpus: four domains of which a good mixture is clearly not uniform.
+"""The benchmark corpora of PiKE's convergence benchmarks (``bench/bench_headroom.py``, ``bench/bench_corpora.py``).
 
-    python bench/headroom_corpus.py OUT [--seq-len 64] [--max-mb 1.5]
+    python bench/corpora.py headroom OUT      [--seq-len 64] [--max-mb 1.5]
+    python bench/corpora.py multilingual OUT  [--seq-len 64] [--max-mb 1.5]
+    python bench/corpora.py unequal OUT       [--seq-len 64] [--max-mb 1.5]
 
-Domains (``OUT/raw/<domain>/{train,val}.jsonl``, then MDS in ``OUT/mds/<domain>/{train,val}``):
+Each writes ``OUT/raw/<domain>/{train,val}.jsonl`` and MDS shards in ``OUT/mds/<domain>/{train,val}``.
+Real text and code are cut into passages of :data:`PASSAGE_CHARS` characters (at line ends) in a seeded
+random order, so the first samples of a split — what an evaluation reads — come from many documents, not
+the first one.
+
+**multilingual**: man pages in en, de, fr, es, ru and Python code, ``--max-mb`` each (as ``pike-stream
+corpus``): domains of equal size, similar difficulty.
+
+**unequal**: domains that differ in size and difficulty: English man pages and Python code at ``--max-mb``,
+Russian man pages at a fifth of it (two bytes a character: harder per byte) and French at a tenth (the small
+domain repeats many times over a run).
+
+**headroom**: four domains of which a good mixture is clearly not uniform:
 
 - ``en``: English man pages (Debian's ``manpages``, ``manpages-dev``; real text, as ``pike-stream corpus``);
 - ``code``: the Python standard library (real code, as ``pike-stream corpus``);
-
-  both cut into passages of :data:`PASSAGE_CHARS` characters (at line ends) in a seeded random order, so the
-  first samples of a split — what an evaluation reads — come from many documents, not the first one;
 - ``dup``: :data:`DUP_SEQUENCES` distinct lines of the English man pages, each exactly one sample long, repeated
   :data:`DUP_REPEATS` times in the train split (the val split holds the same lines). A model memorises them
   within a few hundred samples; sampling them after that only repeats what is known.
@@ -33,9 +44,12 @@ sys.path.insert(0, ROOT)
 
 from converters.corpus import SPLITS, build_corpus, convert_corpus  # noqa: E402
 
-__all__ = ["DOMAINS", "DUP_REPEATS", "DUP_SEQUENCES", "build_headroom_corpus", "main"]
+__all__ = ["CORPORA", "DUP_REPEATS", "DUP_SEQUENCES", "build_headroom_corpus", "build_multilingual_corpus",
+           "build_unequal_corpus", "main"]
 
-DOMAINS = ("en", "code", "dup", "noise")
+CORPORA = {"headroom": ("en", "code", "dup", "noise"), "multilingual": ("en", "de", "fr", "es", "ru", "code"),
+           "unequal": ("en", "code", "ru", "fr")}
+UNEQUAL_FRACTIONS = {"ru": 0.2, "fr": 0.1}
 DUP_SEQUENCES = 16
 DUP_REPEATS = 400
 NOISE_SEED = 1234
@@ -105,18 +119,62 @@ def build_headroom_corpus(out: str | Path, *, seq_len: int = 64, max_mb: float =
     val = max(1, docs // 20)
     _write_jsonl(raw / "noise" / "val.jsonl", noise[:val], "noise")
     _write_jsonl(raw / "noise" / "train.jsonl", noise[val:], "noise")
+    return _converted(out, seq_len)
+
+
+def _converted(out: Path, seq_len: int) -> dict[str, object]:
     manifests = convert_corpus(out, seq_len=seq_len, overwrite=True)
-    return {key: {"samples": m["samples"], "tokens": m["tokens"]} for key, m in manifests.items()
-            if key.split("/")[1] in SPLITS}
+    return {key: {"samples": m["samples"], "tokens": m["tokens"]} for key, m in manifests.items()}
+
+
+def build_multilingual_corpus(out: str | Path, *, seq_len: int = 64, max_mb: float = 1.5) -> dict[str, object]:
+    """Man pages in five languages and Python code, ``max_mb`` each, as shuffled passages; converted to MDS."""
+    out = Path(out)
+    build_corpus(out, langs=("en", "de", "fr", "es", "ru"), max_mb_per_domain=max_mb, code=True)
+    for domain in CORPORA["multilingual"]:
+        for split in SPLITS:
+            _shuffle_passages(out / "raw" / domain / f"{split}.jsonl", domain)
+    return _converted(out, seq_len)
+
+
+def _truncate(path: Path, max_bytes: int) -> None:
+    """Keep the first passages of a JSONL split that fit in ``max_bytes`` of text."""
+    kept, size = [], 0
+    with open(path, encoding="utf-8") as f:
+        for row in f:
+            text = json.loads(row)["text"]
+            size += len(text.encode("utf-8"))
+            if size > max_bytes:
+                break
+            kept.append(text)
+    _write_jsonl(path, kept, path.parent.name)
+
+
+def build_unequal_corpus(out: str | Path, *, seq_len: int = 64, max_mb: float = 1.5) -> dict[str, object]:
+    """en and code at ``max_mb``, ru and fr at the fractions of :data:`UNEQUAL_FRACTIONS`; converted to MDS."""
+    out = Path(out)
+    build_corpus(out, langs=("en", "ru", "fr"), max_mb_per_domain=max_mb, code=True)
+    for domain in CORPORA["unequal"]:
+        for split in SPLITS:
+            path = out / "raw" / domain / f"{split}.jsonl"
+            _shuffle_passages(path, domain)
+            if domain in UNEQUAL_FRACTIONS:
+                _truncate(path, int(max_mb * UNEQUAL_FRACTIONS[domain] * 2**20 * (1 if split == "train" else 0.05)))
+    return _converted(out, seq_len)
+
+
+BUILDERS = {"headroom": build_headroom_corpus, "multilingual": build_multilingual_corpus,
+            "unequal": build_unequal_corpus}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("corpus", choices=sorted(BUILDERS))
     parser.add_argument("out", help="folder for raw/ and mds/")
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--max-mb", type=float, default=1.5, help="MB of text per real domain and of noise")
+    parser.add_argument("--max-mb", type=float, default=1.5, help="MB of text per full-size domain")
     args = parser.parse_args(argv)
-    summary = build_headroom_corpus(args.out, seq_len=args.seq_len, max_mb=args.max_mb)
+    summary = BUILDERS[args.corpus](args.out, seq_len=args.seq_len, max_mb=args.max_mb)
     print(json.dumps(summary, indent=1))
     return 0
 

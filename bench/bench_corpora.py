@@ -1,0 +1,167 @@
+"""PiKE and Balanced-PiKE at their shipped defaults on corpora with little headroom, on held-out seeds.
+
+    python bench/corpora.py multilingual MULTI && python bench/corpora.py unequal UNEQUAL
+    python bench/bench_corpora.py --multilingual MULTI/mds --unequal UNEQUAL/mds --work RUNS [--jobs 2]
+    python bench/bench_corpora.py --report-only
+
+The same model, batches (64 × 64 tokens), optimizer, schedule and evaluation as ``bench/bench_headroom.py``;
+nothing is tuned here: every adaptive arm runs the library's defaults (chosen on the headroom corpus's
+tuning seed). Arms: uniform, pike, balanced_pike (τ = 1), and on the unequal corpus also proportional
+(size-based mixing, the usual default when domains differ in size). Scores: the validation loss averaged over
+all domains (PiKE's objective) and the worst domain's (Balanced-PiKE's), paired per seed against uniform.
+
+Writes ``bench/results/corpora.json`` and ``corpora.md``; finished runs are kept in ``WORK/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from bench_headroom import RESULTS, _worker_init, final_losses, run_one  # noqa: E402
+from corpora import CORPORA  # noqa: E402
+
+__all__ = ["analyse", "main", "write_report"]
+
+BALANCED_TAU = 1.0
+
+
+def arms(corpus: str) -> dict[str, dict[str, Any]]:
+    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
+
+    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL}
+    out = {"uniform": {"strategy": "uniform"}, "pike": pike,
+           "balanced_pike": {**pike, "strategy": "balanced_pike", "tau": BALANCED_TAU}}
+    if corpus == "unequal":
+        out["proportional"] = {"strategy": "proportional"}
+    return out
+
+
+def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    """Per corpus and arm: final losses per seed and paired differences to uniform; the goals."""
+    seeds = result["settings"]["seeds"]
+    out: dict[str, Any] = {}
+    for corpus, runs in result["corpora"].items():
+        by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+        for run in runs:
+            by_arm.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
+        table = {}
+        for arm, by_seed in by_arm.items():
+            avg = [final_losses(by_seed[s])[0] for s in seeds]
+            worst = [final_losses(by_seed[s])[1] for s in seeds]
+            u_avg = [final_losses(by_arm["uniform"][s])[0] for s in seeds]
+            u_worst = [final_losses(by_arm["uniform"][s])[1] for s in seeds]
+            table[arm] = {"final_avg": avg, "final_worst": worst,
+                          "diff_avg": [a - u for a, u in zip(avg, u_avg)],
+                          "diff_worst": [w - u for w, u in zip(worst, u_worst)],
+                          "final_weights": [by_seed[s]["weights"][-1] if by_seed[s]["weights"] else None
+                                            for s in seeds]}
+        spread = float(np.std(table["uniform"]["final_avg"], ddof=1))
+        pike_diff = float(np.mean(table["pike"]["diff_avg"]))
+        worst_means = {arm: float(np.mean(row["final_worst"])) for arm, row in table.items()}
+        out[corpus] = {"table": table, "uniform_spread": spread, "goals": {
+            "pike_not_worse_than_uniform_beyond_spread": {
+                "met": pike_diff <= spread,
+                "detail": f"pike − uniform, mean over seeds {pike_diff:+.4f}; uniform's seed spread (sd) {spread:.4f}"},
+            "balanced_pike_lowest_worst_domain": {
+                "met": min(worst_means, key=worst_means.get) == "balanced_pike",
+                "detail": "mean final worst-domain loss: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in sorted(worst_means.items(), key=lambda kv: kv[1]))}}}
+    return out
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
+    a = analyse(result)
+    s = result["settings"]
+    lines = ["# PiKE on corpora with little headroom (multilingual, unequal)", "",
+             f"{s['steps']} steps of 64 × 64 tokens, the model and optimizer of `bench/bench_headroom.py`; PiKE and "
+             f"Balanced-PiKE (τ = {BALANCED_TAU:g}) at the library's defaults {result['defaults']}, chosen on the "
+             f"headroom corpus's tuning seed before these runs. Seeds {', '.join(map(str, s['seeds']))}; differences "
+             "are paired per seed against uniform (mean ± sd). Negative is better.", "",
+             f"Command: `{result['command']}`", ""]
+    for corpus, c in a.items():
+        lines += [f"## {corpus}: {', '.join(CORPORA[corpus])}", "",
+                  "| arm | final avg loss per seed | avg − uniform | final worst-domain loss per seed | "
+                  "worst − uniform | final weights (first seed) |", "|---|---|---:|---|---:|---|"]
+        for arm, row in c["table"].items():
+            w = row["final_weights"][0]
+            weights = "" if w is None else " / ".join(f"{x:.2f}" for x in w)
+            lines.append(f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {_fmt(row['diff_avg'])} | "
+                         f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {_fmt(row['diff_worst'])} | "
+                         f"{weights} |")
+        lines.append("")
+        for name, goal in c["goals"].items():
+            lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
+        lines.append("")
+    (out / "corpora.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--multilingual", help="mds/ folder of `bench/corpora.py multilingual`")
+    parser.add_argument("--unequal", help="mds/ folder of `bench/corpora.py unequal`")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pike-corpora"))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=40)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.report_only:
+        write_report(json.loads((out / "corpora.json").read_text()), out)
+        print(f"wrote {out / 'corpora.md'}")
+        return 0
+    data = {"multilingual": args.multilingual, "unequal": args.unequal}
+    for corpus, folder in data.items():
+        if not folder or not all(os.path.isdir(os.path.join(folder, d, "train")) for d in CORPORA[corpus]):
+            parser.error(f"--{corpus} must hold {', '.join(CORPORA[corpus])} with train/ and val/ "
+                         f"(python bench/corpora.py {corpus} OUT)")
+    os.makedirs(args.work, exist_ok=True)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    pool = ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init,
+                               mp_context=multiprocessing.get_context("spawn"))
+    futures = {corpus: [pool.submit(run_one, {"name": f"{corpus}-{arm}-s{seed}", "seed": seed, "eval_split": "val",
+                                              "arm": arm, "pike": pike}, data[corpus], args.work, args.steps,
+                                    args.eval_every, CORPORA[corpus])
+                        for seed in seeds for arm, pike in arms(corpus).items()] for corpus in data}
+    runs = {corpus: [f.result() for f in fs] for corpus, fs in futures.items()}
+    pool.shutdown()
+    from pike_stream.controller import DEFAULT_EMA, DEFAULT_PROBE_SAMPLES, DEFAULT_UPDATE_INTERVAL
+    from pike_stream.mixing import get_strategy
+
+    strategy = get_strategy("pike")
+    result = {"settings": {"steps": args.steps, "eval_every": args.eval_every, "seeds": seeds},
+              "defaults": {"zeta1": strategy.zeta1, "zeta2": strategy.zeta2, "normalize": strategy.normalize,
+                           "min_weight": strategy.min_weight, "probe_samples": DEFAULT_PROBE_SAMPLES,
+                           "update_interval": DEFAULT_UPDATE_INTERVAL, "ema": DEFAULT_EMA},
+              "command": "python bench/bench_corpora.py --multilingual MULTI/mds --unequal UNEQUAL/mds --work RUNS "
+                         f"--steps {args.steps} --eval-every {args.eval_every} --seeds {args.seeds} --jobs {args.jobs}",
+              "corpora": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "corpora.json").write_text(json.dumps(result, separators=(",", ":")))
+    write_report(result, out)
+    print(f"wrote {out / 'corpora.json'} and corpora.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

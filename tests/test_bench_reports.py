@@ -1,0 +1,66 @@
+"""PiKE's convergence benchmarks: their reports are what their committed JSON says, and their helpers hold."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_corpora as bcorp  # noqa: E402
+import bench_headroom as bh  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def test_headroom_report_is_regenerated_exactly_from_the_committed_json(tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "headroom.json").read_text())
+    bh.write_report(result, tmp_path)
+    assert (tmp_path / "headroom.md").read_text() == (RESULTS / "headroom.md").read_text()
+    assert (tmp_path / "headroom.png").stat().st_size > 10_000
+
+
+def test_corpora_report_is_regenerated_exactly_from_the_committed_json(tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "corpora.json").read_text())
+    bcorp.write_report(result, tmp_path)
+    assert (tmp_path / "corpora.md").read_text() == (RESULTS / "corpora.md").read_text()
+
+
+def test_headroom_goals_follow_the_numbers() -> None:
+    """The verdicts agree with a direct computation from the held-out runs (paired per seed)."""
+    result = json.loads((RESULTS / "headroom.json").read_text())
+    goals = bh.analyse(result)["goals"]
+    final = {(r["spec"]["arm"], r["spec"]["seed"]): np.mean([v[-1] for v in r["val_loss"].values()])
+             for r in result["heldout"]}
+    seeds = result["settings"]["seeds"]
+    captured = [(final["uniform", s] - final["pike", s]) / (final["uniform", s] - final["best_static", s])
+                for s in seeds]
+    gains = [final["uniform", s] - final["best_static", s] for s in seeds]
+    expected = all(g > 0 and c >= 0.5 for g, c in zip(gains, captured))
+    assert goals["pike_captures_half_of_best_static_gain"]["met"] == expected
+    # The tuning choice was made on the tuning seed only: the chosen settings are those of the best sweep run.
+    best = min(result["sweep"], key=lambda r: bh.final_losses(r)[0])
+    assert result["chosen_pike"] == best["spec"]["pike"]
+    assert all(r["spec"]["seed"] == result["settings"]["tune_seed"] and r["spec"]["eval_split"] == "train"
+               for r in result["grid"] + result["sweep"])
+    assert all(r["spec"]["seed"] in seeds and r["spec"]["eval_split"] == "val" for r in result["heldout"])
+    assert result["settings"]["tune_seed"] not in seeds
+
+
+def test_static_grid_is_on_the_simplex_and_holds_uniform() -> None:
+    grid = bh.static_grid()
+    assert all(sum(w.values()) == pytest.approx(1.0) and min(w.values()) > 0 for w in grid)
+    assert any(all(v == pytest.approx(0.25) for v in w.values()) for w in grid)
+    assert len({tuple(round(v, 6) for v in w.values()) for w in grid}) == len(grid)
+
+
+def test_steps_to_reach_interpolates_between_evaluations() -> None:
+    steps = [40, 80, 120]
+    assert bh.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 2.5) == pytest.approx(60.0)
+    assert bh.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 3.5) == pytest.approx(40.0)
+    assert bh.steps_to_reach(steps, np.array([3.0, 2.0, 1.5]), 1.0) is None
