@@ -365,6 +365,10 @@ def test_sigkill_and_rerun_reproduce_the_uninterrupted_run(s3_env: Any, s3_bucke
     weights = [[m[f"pike/weight/{n}"] for n in DOMAINS] for _, m in sorted(expected.items()) if "pike/weight/a" in m]
     assert not np.allclose(weights[-1], 1 / 3), "PiKE never moved the weights: the test would prove little"
     assert "weights:" in output and (resumed / "weights.png").exists()
+    # The same command once more: the run is finished; it says so, reports, and succeeds.
+    again = _run(command, resumed)
+    assert "already trained 16 of max_duration=16ba steps" in again and "weights:" in again
+    assert _metrics_by_step(resumed, prefixes) == expected
 
 
 @pytest.mark.slow

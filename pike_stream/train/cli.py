@@ -31,7 +31,14 @@ def train(cfg: TrainConfig) -> None:
 
     trainer = build_trainer(cfg)
     try:
-        trainer.fit()
+        done, target = int(trainer.state.timestamp.batch), cfg.batches(cfg.max_duration, "max_duration")
+        if done >= target:
+            # A rerun of a finished run (autoresume found its last checkpoint): report it, do not fail.
+            if dist.get_global_rank() == 0:
+                print(f"the run already trained {done} of max_duration={cfg.max_duration} steps (checkpoints in "
+                      f"{cfg.save_folder}); nothing to train. Raise max_duration to continue it.", flush=True)
+        else:
+            trainer.fit()
     finally:
         trainer.close()
     if dist.get_global_rank() == 0:
