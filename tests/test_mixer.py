@@ -1,4 +1,4 @@
-"""PiKEStreamingMixer: each invariant of DESIGN.md ("Mixer invariants") is a test here."""
+"""PiKEStreamingMixer: each invariant in the README ("The mixer") is a test here."""
 
 from __future__ import annotations
 

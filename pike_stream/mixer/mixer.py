@@ -1,7 +1,7 @@
 """PiKEStreamingMixer: every global batch drawn from the domains with proportions that may change at any step.
 
 The global batch at step t is a pure function of (seed, the domains' data, global batch size, the weights
-in force at each step up to t) — DESIGN.md's mixer invariants:
+in force at each step up to t) — the mixer invariants listed in the README ("The mixer"):
 
     counts_t, carry ← apportion(weights_t, B, carry)       # mixing/apportion.py: integer counts, error carried
     for each domain k:  ids_k ← order_k[consumed_k : consumed_k + counts_t[k]]     # order.py, per domain epoch

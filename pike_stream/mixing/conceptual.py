@@ -1,6 +1,6 @@
 """Conceptual PiKE: the mixture that minimises the paper's bound on one SGD step's expected loss change.
 
-Under low gradient conflict the bound is separable in the domains (DESIGN.md, "The method"), so the best
+Under low gradient conflict the bound is separable in the domains (docs/method.md, "The method"), so the best
 mixture solves a separable quadratic program on the simplex:
 
     min_{w ∈ Δ_K}  Σ_k λ_k·w_k + ½·κ_k·w_k²,   λ_k = −ηβ·‖∇L_k‖² + (Lη²/2b)·σ_k²,   κ_k = Lη²γ·‖∇L_k‖²

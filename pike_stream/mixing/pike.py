@@ -1,6 +1,6 @@
 """Practical PiKE (the paper's Algorithm 1): one mirror-descent step on the mixing weights.
 
-Every T0 steps, with fresh estimates ``G_k ≈ ‖∇L_k‖²`` and ``S_k ≈ σ_k²`` (DESIGN.md, "The method"):
+Every T0 steps, with fresh estimates ``G_k ≈ ‖∇L_k‖²`` and ``S_k ≈ σ_k²`` (docs/method.md, "The method"):
 
     w_k ← w_k · exp(ζ1·G_k − (ζ2/2b)·S_k),   w ← w / ‖w‖₁
 
