@@ -16,8 +16,9 @@ worst domain's for Balanced-PiKE).
    * a coarse grid of static mixtures (:func:`static_grid`: ``noise`` at 0.05, 0.15 or 0.25, ``dup`` at the
      same shares or equal to ``en`` and ``code``; uniform is one of them). The best is the headroom's mixture.
    * a sweep of PiKE's settings (:data:`PIKE_SWEEP`): the normalised rule and the paper's raw-scale rule
-     (Algorithm 1), each at three step sizes, with a probe batch of 8 samples per domain every 10 steps and
-     statistics averaged with ema 0.5. The best becomes the library's default — before any held-out seed is
+     (Algorithm 1), each at three step sizes ζ1 = ζ2, and the normalised rule without the variance term
+     (ζ2 = 0) at two, with a probe batch of 8 samples per domain every 10 steps and statistics averaged with
+     ema 0.5. The best becomes the library's default — before any held-out seed is
      run.
 2. **Held-out seeds** (``--seeds``), scored on the VALIDATION split: uniform, the best static mixture, pike
    at the shipped defaults, pike with ζ2 = 0 (the paper's variance ablation), conceptual_pike (the QP with
@@ -69,6 +70,8 @@ PIKE_SWEEP = (
     {**PIKE_BASE, "normalize": False, "zeta1": 0.1, "zeta2": 0.1},
     {**PIKE_BASE, "normalize": False, "zeta1": 0.3, "zeta2": 0.3},
     {**PIKE_BASE, "normalize": False, "zeta1": 1.0, "zeta2": 1.0},
+    {**PIKE_BASE, "zeta1": 0.1, "zeta2": 0.0},
+    {**PIKE_BASE, "zeta1": 0.3, "zeta2": 0.0},
 )
 CONCEPTUAL = {"lr": 3.0e-3, "smoothness": 1.0, "beta": 1.0, "gamma": 1.0, "min_weight": 0.01}
 

@@ -376,12 +376,14 @@ def test_a_probe_that_cannot_estimate_every_domain_is_announced(data_root: str, 
 
 
 def test_a_pure_noise_domain_loses_weight(data_root: str) -> None:
-    """web is uniformly random tokens, code and math are learnable: PiKE at its defaults (a probe batch of every
-    domain, averaged statistics) moves web below its uniform share and keeps it there."""
-    run = train(data_root, "60ba", algorithms=[PiKE(update_interval=4, warmup_steps=4)])
+    """web is uniformly random tokens, code and math are learnable. While the model learns web's token
+    frequencies its gradient is large and web gains a little; once that is learned its samples are noise
+    (small G, large S) and PiKE, estimating every domain on a probe batch at every update, moves web well below
+    its uniform share and keeps it there. (Steps 5x the default, so that 60 steps show it.)"""
+    run = train(data_root, "60ba", algorithms=[PiKE(update_interval=4, warmup_steps=4, zeta1=0.5, zeta2=0.5)])
     web = np.array(run.recorder.weights)[:, NAMES.index("web")]
-    assert web[-1] < 1 / 3 - 0.05 and web[-1] == min(run.recorder.weights[-1])
-    assert (web[30:] < 1 / 3).all()
+    assert web[-1] < 0.15
+    assert (web[40:] < 1 / 3).all() and (np.diff(web[30:]) <= 1e-12).mean() > 0.9
     assert run.metric("pike/skipped_updates")[-1][1] == 0
 
 
