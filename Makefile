@@ -35,17 +35,19 @@ quickstart: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# The benchmarks (by hand, ~1.5 hours on 2 cores): each writes JSON to bench/results/; the convergence
-# report (bench/results/convergence.md + PNGs) is generated from its JSON.
+# The benchmarks (by hand, about 3 hours on 2 cores): each writes JSON to bench/results/; the PiKE reports
+# (bench/results/headroom.md, corpora.md) are generated from their JSON.
 bench: install
 	$(BIN)/python bench/bench_convert.py
 	$(BIN)/python bench/bench_mixer.py
 	$(BIN)/python bench/bench_overhead.py
 	$(BIN)/python bench/bench_load.py
-	$(BIN)/pike-stream corpus build $(DATA)/bench-corpus --max-mb-per-domain 1.5
-	$(BIN)/pike-stream corpus convert $(DATA)/bench-corpus --seq-len 128 --dest $(DATA)/bench-corpus/mds --overwrite
-	$(BIN)/python bench/bench_convergence.py --data $(DATA)/bench-corpus/mds --work $(DATA)/bench-runs \
-		--steps 1000 --eval-every 50 --seeds 17,18,19 --jobs 2
+	$(BIN)/python bench/corpora.py headroom $(DATA)/headroom
+	$(BIN)/python bench/bench_headroom.py --data $(DATA)/headroom/mds --work $(DATA)/headroom-runs --jobs 2
+	$(BIN)/python bench/corpora.py multilingual $(DATA)/multilingual
+	$(BIN)/python bench/corpora.py unequal $(DATA)/unequal
+	$(BIN)/python bench/bench_corpora.py --multilingual $(DATA)/multilingual/mds --unequal $(DATA)/unequal/mds \
+		--work $(DATA)/corpora-runs --jobs 2
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'

@@ -335,6 +335,12 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
             f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {_fmt(row['diff_worst'])} | "
             f"{', '.join('—' if r is None else f'{r:.2f}' for r in row['step_ratio'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
+    lines += ["", "Per-domain final validation loss, mean over the held-out seeds:", "",
+              "| arm | " + " | ".join(DOMAINS) + " |", "|---|" + "---:|" * len(DOMAINS)]
+    for arm in [a_ for a_ in order if a_ in a["table"]]:
+        runs = [r for r in result["heldout"] if r["spec"]["arm"] == arm]
+        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([r['val_loss'][d][-1] for r in runs]):.3f}"
+                                                for d in DOMAINS) + " |")
     lines += ["", "## Goals", ""]
     for name, goal in a["goals"].items():
         lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
@@ -360,7 +366,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         curve = np.mean([avg_curve(by_seed[s]) for s in have], axis=0)
         axes[0].plot(by_seed[have[0]]["eval_steps"], curve, marker="o", ms=3, color=f"C{i}", label=arm)
     axes[0].set_xlabel("step")
-    axes[0].set_ylabel("validation loss, average over domains (mean over held-out seeds)")
+    axes[0].set_ylabel("avg validation loss over domains")
+    axes[0].set_title("mean over the held-out seeds", fontsize=9)
     axes[0].legend(fontsize=8)
     if "pike" in runs:
         for s in seeds:
