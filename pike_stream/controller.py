@@ -214,14 +214,18 @@ class MixingController:
 
     @property
     def cosines(self) -> np.ndarray:
-        """``[K, K]`` averaged gradient cosines: averaged ``⟨∇L_i, ∇L_j⟩ / √(Ḡ_i·Ḡ_j)``, clipped to [−1, 1].
+        """``[K, K]`` averaged gradient cosines: averaged ``⟨∇L_i, ∇L_j⟩ / √(Ḡ_i·Ḡ_j)``.
 
-        NaN where a pair was never seen, or where an averaged ``G`` is not positive (no usable norm).
+        NaN where a pair was never seen, where an averaged ``G`` is not positive (no usable norm), or where
+        the ratio lies outside [−1, 1]: true inner products obey Cauchy–Schwarz, so such a ratio means the
+        averaged norms are too small next to the estimates' noise to define a cosine (e.g. a domain of pure
+        noise, whose mean gradient is about zero).
         """
         g = np.diag(self._inner).copy()
         with np.errstate(invalid="ignore", divide="ignore"):
             norms = np.sqrt(np.where(g > 0, g, np.nan))
-            cosine = np.clip(self._inner / np.outer(norms, norms), -1.0, 1.0)
+            ratio = self._inner / np.outer(norms, norms)
+        cosine = np.where(np.abs(ratio) <= 1.0 + 1e-9, np.clip(ratio, -1.0, 1.0), np.nan)
         np.fill_diagonal(cosine, np.where(g > 0, 1.0, np.nan))
         return cosine
 

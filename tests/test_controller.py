@@ -123,6 +123,18 @@ def test_a_conflict_is_reported_only_once_it_persists() -> None:
     np.testing.assert_allclose(controller.cosines[0, 1], 0.0, atol=1e-12)
 
 
+def test_a_cosine_that_breaks_cauchy_schwarz_is_undefined_not_a_conflict() -> None:
+    """A pure-noise domain has a mean gradient of about zero: its averaged G is tiny next to the noise in the
+    inner products, and their ratio leaves [−1, 1]. That is no cosine, so no conflict either."""
+    controller = MixingController(get_strategy("pike"), NAMES, update_interval=1, conflict_threshold=-0.2)
+    inner = [[4.0, 0.5, -3.0], [0.5, 1.0, 0.1], [-3.0, 0.1, 0.01]]  # |−3| > √(4·0.01): noise-dominated
+    for t in range(CONFLICT_MIN_UPDATES + 2):
+        update = controller.next_weights(t, np.full(3, 1 / 3), B,
+                                         probe([4.0, 1.0, 0.01], [1.0] * 3, [1.0] * 3, [4, 4, 4], inner))
+    assert np.isnan(controller.cosines[0, 2]) and controller.cosines[0, 1] == pytest.approx(0.25)
+    assert update.conflict is None and update.min_cosine == pytest.approx(0.25)
+
+
 def test_one_noisy_probe_does_not_make_a_conflict() -> None:
     """Per-probe inner products that scatter around a positive mean average to a positive cosine, although
     single probes are strongly negative: what a minimum over noisy cosines took for a conflict."""
@@ -144,8 +156,10 @@ def test_controller_state_round_trip_continues_identically() -> None:
         out = []
         for t in range(start, start + 12):
             rng = np.random.default_rng(t)
-            inner = rng.normal(0, 1, (3, 3))
-            stats = probe(rng.normal(1, 1, 3), rng.uniform(1, 5, 3), rng.uniform(1, 3, 3), [4, 1, 4], inner + inner.T)
+            g, inner = rng.uniform(0.5, 2, 3), rng.normal(0, 0.2, (3, 3))
+            inner = inner + inner.T
+            np.fill_diagonal(inner, g)  # as the probe gives it
+            stats = probe(g, rng.uniform(1, 5, 3), rng.uniform(1, 3, 3), [4, 1, 4], inner)
             update = controller.next_weights(t, w, B, stats)
             w = update.weights
             out.append((w, update.min_cosine, update.conflict))
