@@ -75,9 +75,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_UPDATE_INTERVAL = 10
-"""T0, steps between PiKE updates. Chosen on the headroom benchmark's tuning seed
-(``bench/results/headroom.md``); the probe's overhead is about (probe time / step time) / T0, see
-``bench/results/overhead.json``."""
+"""T0, steps between PiKE updates, as in the headroom benchmark's sweep (``bench/results/headroom.md``). The
+probe's overhead is about (probe time / step time) / T0: with 8 domains, the default probe batch and 64-sample
+training batches a probe costs 2.2 steps, so about 20% at T0 = 10 and 2% at T0 = 100
+(``bench/results/overhead.json``). Raise it where the overhead matters."""
 
 DEFAULT_PROBE_SAMPLES = 8
 """m, samples of every domain in a probe batch (over all ranks). Each update then estimates every domain
@@ -86,7 +87,8 @@ cuts the noise further. 0 probes the training batch instead (a domain gets sampl
 weight, so a down-weighted one goes without estimates)."""
 
 DEFAULT_EMA = 0.5
-"""Smoothing of each domain's statistics across updates (0: each probe as it is)."""
+"""Smoothing of each domain's statistics across updates (0: each probe as it is), as in the headroom
+benchmark's sweep."""
 
 DEFAULT_CONFLICT_THRESHOLD = -0.2
 """Report a conflict when a pair's averaged gradient cosine (:attr:`MixingController.cosines`) stays below
