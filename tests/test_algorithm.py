@@ -247,9 +247,12 @@ def test_trainer_run_logs_weights_statistics_and_probe_metrics(pike_run: Run) ->
             assert all(math.isfinite(v) for _, v in values)
         assert all(v > 0 for _, v in pike_run.metric(f"pike/variance/{name}"))
     # Every pair's averaged cosine at every update; the lowest one once pairs were seen CONFLICT_MIN_UPDATES times.
-    for pair in ("web|code", "web|math", "code|math"):
-        values = pike_run.metric(f"pike/cosine/{pair}")  # once both averaged G are positive
-        assert values and {t for t, _ in values} <= set(probed) and all(-1.0 <= c <= 1.0 for _, c in values), pair
+    # A pair's cosine is logged where it is defined (both averaged G positive, Cauchy–Schwarz holds): web is
+    # random tokens, whose mean gradient is about zero, so its pairs may have none; code and math do.
+    logged = {pair: pike_run.metric(f"pike/cosine/{pair}") for pair in ("web|code", "web|math", "code|math")}
+    assert logged["code|math"]
+    for pair, values in logged.items():
+        assert {t for t, _ in values} <= set(probed) and all(-1.0 <= c <= 1.0 for _, c in values), pair
     assert [t for t, _ in pike_run.metric("pike/min_cosine")] == probed[CONFLICT_MIN_UPDATES - 1:]
     assert all(s > 0 for _, s in pike_run.metric("pike/probe_seconds"))
     assert pike_run.metric("pike/updates")[-1] == (STEPS - 1, len(probed))
