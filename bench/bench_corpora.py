@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from bench_headroom import RESULTS, _worker_init, final_losses, run_one  # noqa: E402
+from bench_headroom import (  # noqa: E402
+    RESULTS,
+    add_common_arguments,
+    final_losses,
+    fmt_spread,
+    run_one,
+    run_pool,
+    shipped_defaults,
+)
 from corpora import CORPORA  # noqa: E402
 
 __all__ = ["analyse", "main", "write_report"]
@@ -83,10 +88,6 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fmt(values: list[float]) -> str:
-    return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
-
-
 def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     a = analyse(result)
     s = result["settings"]
@@ -103,8 +104,8 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
         for arm, row in c["table"].items():
             w = row["final_weights"][0]
             weights = "" if w is None else " / ".join(f"{x:.2f}" for x in w)
-            lines.append(f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {_fmt(row['diff_avg'])} | "
-                         f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {_fmt(row['diff_worst'])} | "
+            lines.append(f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {fmt_spread(row['diff_avg'])} | "
+                         f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {fmt_spread(row['diff_worst'])} | "
                          f"{weights} |")
         lines.append("")
         for name, goal in c["goals"].items():
@@ -117,13 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--multilingual", help="mds/ folder of `bench/corpora.py multilingual`")
     parser.add_argument("--unequal", help="mds/ folder of `bench/corpora.py unequal`")
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pike-corpora"))
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--eval-every", type=int, default=40)
-    parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS))
+    add_common_arguments(parser, "pike-corpora", "1,2,3")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.report_only:
@@ -137,22 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                          f"(python bench/corpora.py {corpus} OUT)")
     os.makedirs(args.work, exist_ok=True)
     seeds = [int(x) for x in args.seeds.split(",")]
-    pool = ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init,
-                               mp_context=multiprocessing.get_context("spawn"))
+    pool = run_pool(args.jobs)
     futures = {corpus: [pool.submit(run_one, {"name": f"{corpus}-{arm}-s{seed}", "seed": seed, "eval_split": "val",
                                               "arm": arm, "pike": pike}, data[corpus], args.work, args.steps,
                                     args.eval_every, CORPORA[corpus])
                         for seed in seeds for arm, pike in arms(corpus).items()] for corpus in data}
     runs = {corpus: [f.result() for f in fs] for corpus, fs in futures.items()}
     pool.shutdown()
-    from pike_stream.controller import DEFAULT_EMA, DEFAULT_PROBE_SAMPLES, DEFAULT_UPDATE_INTERVAL
-    from pike_stream.mixing import get_strategy
-
-    strategy = get_strategy("pike")
     result = {"settings": {"steps": args.steps, "eval_every": args.eval_every, "seeds": seeds},
-              "defaults": {"zeta1": strategy.zeta1, "zeta2": strategy.zeta2, "normalize": strategy.normalize,
-                           "min_weight": strategy.min_weight, "probe_samples": DEFAULT_PROBE_SAMPLES,
-                           "update_interval": DEFAULT_UPDATE_INTERVAL, "ema": DEFAULT_EMA},
+              "defaults": shipped_defaults(),
               "command": "python bench/bench_corpora.py --multilingual MULTI/mds --unequal UNEQUAL/mds --work RUNS "
                          f"--steps {args.steps} --eval-every {args.eval_every} --seeds {args.seeds} --jobs {args.jobs}",
               "corpora": runs}

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -53,7 +54,10 @@ import numpy as np  # noqa: E402
 __all__ = ["analyse", "build_config", "main", "run_one", "static_grid", "write_report"]
 
 RESULTS = Path(ROOT) / "bench" / "results"
-DOMAINS = ("en", "code", "dup", "noise")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corpora import CORPORA  # noqa: E402
+
+DOMAINS = CORPORA["headroom"]
 SEQ_LEN = 64
 BATCH = 64
 EVAL_BATCHES = 8
@@ -188,6 +192,33 @@ def run_one(spec: dict[str, Any], data: str, work: str, steps: int, eval_every: 
     return result
 
 
+def shipped_defaults() -> dict[str, Any]:
+    """The library's PiKE defaults, as the benchmarks record them."""
+    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
+
+    strategy = get_strategy("pike")
+    return {"probe_samples": DEFAULT_PROBE_SAMPLES, "update_interval": DEFAULT_UPDATE_INTERVAL, "ema": DEFAULT_EMA,
+            "zeta1": strategy.zeta1, "zeta2": strategy.zeta2, "min_weight": strategy.min_weight,
+            "normalize": strategy.normalize}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, work: str, seeds: str) -> None:
+    """The options every PiKE benchmark takes: run folder, length, seeds, parallel jobs, report-only, output."""
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), work))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=40)
+    parser.add_argument("--seeds", default=seeds, help="held-out seeds, comma-separated")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
+    parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
+    parser.add_argument("--out", default=str(RESULTS))
+
+
+def run_pool(jobs: int) -> ProcessPoolExecutor:
+    """Worker processes for :func:`run_one`: spawned, quiet, one torch thread each."""
+    return ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
+                               mp_context=multiprocessing.get_context("spawn"))
+
+
 def _worker_init() -> None:
     import logging
 
@@ -284,7 +315,8 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- report
-def _fmt(values: list[float]) -> str:
+def fmt_spread(values: list[float]) -> str:
+    """``mean ± sd`` of paired differences (the value alone for one seed)."""
     if len(values) < 2:
         return f"{values[0]:+.4f}" if values else ""
     return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
@@ -331,8 +363,8 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     for arm in [a_ for a_ in order if a_ in a["table"]]:
         row = a["table"][arm]
         lines.append(
-            f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {_fmt(row['diff_avg'])} | "
-            f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {_fmt(row['diff_worst'])} | "
+            f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {fmt_spread(row['diff_avg'])} | "
+            f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {fmt_spread(row['diff_worst'])} | "
             f"{', '.join('—' if r is None else f'{r:.2f}' for r in row['step_ratio'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
     lines += ["", "Per-domain final validation loss, mean over the held-out seeds:", "",
@@ -390,16 +422,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="the headroom corpus's mds/ folder (bench/corpora.py headroom)")
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pike-headroom"))
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--eval-every", type=int, default=40)
+    add_common_arguments(parser, "pike-headroom", "1,2,3")
     parser.add_argument("--tune-seed", type=int, default=0)
-    parser.add_argument("--seeds", default="1,2,3", help="held-out seeds, comma-separated")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
     parser.add_argument("--stage", choices=("tune", "all"), default="all",
                         help="tune: only the tuning seed's grid and sweep (prints the choice)")
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.report_only:
@@ -410,15 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/corpora.py headroom)")
     os.makedirs(args.work, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    pool = ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init,
-                               mp_context=__import__("multiprocessing").get_context("spawn"))
+    pool = run_pool(args.jobs)
 
     def run_all(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         futures = [pool.submit(run_one, spec, args.data, args.work, args.steps, args.eval_every) for spec in specs]
         return [f.result() for f in futures]
 
-    from pike_stream.controller import DEFAULT_EMA, DEFAULT_PROBE_SAMPLES, DEFAULT_UPDATE_INTERVAL
-    from pike_stream.mixing import get_strategy
+    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
     tune = args.tune_seed
     static = {"strategy": "uniform"}
@@ -437,10 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # The held-out arms use the library's shipped defaults; they must be the tuning seed's choice.
-    defaults = get_strategy("pike")
-    shipped = {"probe_samples": DEFAULT_PROBE_SAMPLES, "update_interval": DEFAULT_UPDATE_INTERVAL, "ema": DEFAULT_EMA,
-               "zeta1": defaults.zeta1, "zeta2": defaults.zeta2, "min_weight": defaults.min_weight,
-               "normalize": defaults.normalize}
+    shipped = shipped_defaults()
     if {k: chosen[k] for k in shipped} != shipped:
         print(f"note: the shipped defaults {shipped} differ from the tuning seed's choice {chosen}", flush=True)
     pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL}
