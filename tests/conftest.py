@@ -17,19 +17,104 @@ Storage is never mocked: tests talk S3 to a real ``weed server -s3`` (``pike_str
 ``fresh_s3_server`` (function)
     A started server of the test's own, in the test's ``tmp_path``, with a read-only key: for tests
     that stop, restart or break their server. Killed after the test if still running.
+``no_leftover_processes`` (session, autouse)
+    Fails the session if a ``weed`` started during it (by this process, its children, or in its
+    temporary folders) or any other child process of this session is still alive at its end; kills
+    them, so one broken test does not leave servers running on the machine.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pike_stream.storage import EmbeddedS3, s3_client
 
 __all__: list[str] = []
+
+# Every process this session starts inherits this variable (weed too: EmbeddedS3 passes the environment
+# on), which tells its weed processes from those of other sessions or programs on the machine.
+_SESSION_MARK = "PIKE_STREAM_TEST_SESSION"
+# Children a session may legitimately keep to its end: helpers of multiprocessing and torch.
+_HELPER_CHILDREN = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "compile_worker")
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid}: {' '.join(proc.cmdline())[:300]}"
+    except psutil.Error:
+        return f"pid {proc.pid}: (gone)"
+
+
+def _is_weed(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() == "weed" or Path((proc.cmdline() or [""])[0]).name == "weed"
+    except psutil.Error:
+        return False
+
+
+def _ours(proc: psutil.Process, mark: str, basetemp: Path) -> bool:
+    """Whether weed process ``proc`` was started by this session (its mark, or data in its temp folder)."""
+    try:
+        if proc.environ().get(_SESSION_MARK) == mark:
+            return True
+        return any(arg.startswith("-dir=") and Path(arg[5:]).is_relative_to(basetemp) for arg in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    mark = uuid.uuid4().hex
+    previous_mark = os.environ.get(_SESSION_MARK)
+    os.environ[_SESSION_MARK] = mark
+    basetemp = tmp_path_factory.getbasetemp().resolve()
+    me = psutil.Process()
+    before = {proc.pid for proc in psutil.process_iter()}
+    yield  # session-scoped fixtures requested later (s3_server) are torn down before this
+    if previous_mark is None:
+        os.environ.pop(_SESSION_MARK, None)
+    else:
+        os.environ[_SESSION_MARK] = previous_mark
+
+    def leftovers() -> list[psutil.Process]:
+        weeds = [p for p in psutil.process_iter() if p.pid not in before and _is_weed(p) and _ours(p, mark, basetemp)]
+        children = [
+            p
+            for p in me.children(recursive=True)
+            if not _is_weed(p) and not any(helper in _describe(p) for helper in _HELPER_CHILDREN)
+        ]
+        return [p for p in weeds + children if _alive(p)]
+
+    deadline = time.monotonic() + 10.0  # a child may still be on its way out
+    left = leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftovers()
+    if left:
+        described = [_describe(p) for p in left]
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        pytest.fail(
+            f"the test session left {len(left)} process(es) running (killed now):\n" + "\n".join(described),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -310,11 +310,23 @@ def test_second_server_in_the_same_folder_is_refused(fresh_s3_server: EmbeddedS3
 
 
 def test_startup_timeout_reports_the_log_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """It used to flake under CPU load: the message quotes the last 30 lines of the log, and while a
+    loaded machine built the first probe, weed had logged more than 30, pushing out the header line the
+    test looked for (a probe could also find weed ready before the deadline was looked at). Now the
+    deadline is checked before every probe, and the test checks that the quoted lines are this start's."""
     server = EmbeddedS3(tmp_path / "s3", startup_timeout_s=0.05)
+    server.data_dir.mkdir(parents=True)
+    server.log_path.write_text("a line of an earlier start\n")
     with pytest.raises(StorageError, match="did not answer") as info:
         server.start()
-    assert "weed.log" in str(info.value) and "pike_stream: starting weed" in str(info.value)
+    message = str(info.value)
+    assert "within 0.05 s" in message and f"last lines of {server.log_path}:" in message
+    quoted = message.split(f"{server.log_path}:\n", 1)[1].splitlines()
+    this_start = redact(server.log_path.read_text(), []).split("a line of an earlier start\n", 1)[1].splitlines()
+    assert quoted and set(quoted) <= set(this_start)
+    assert this_start[0].startswith("--- pike_stream: starting weed")
     assert not server.running and _weed_processes_for(server.data_dir) == []
+    assert json.loads(server.state_path.read_text())["pid"] is None
 
 
 def test_weed_crash_at_startup_reports_the_log(tmp_path: Path) -> None:

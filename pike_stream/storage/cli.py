@@ -72,12 +72,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bucket {bucket} is ready")
             print('point a shell at it with: eval "$(pike-stream s3 env)"')
             return 0
-        server = EmbeddedS3.attach(data_dir)
+        # A live weed of this folder, answering or not: `stop` must end a hung or stopped one too.
+        server = EmbeddedS3.attach(data_dir, check_s3=False)
         if server is None:
             if args.command == "stop":
                 print(f"no embedded S3 server is running in {data_dir}")
                 return 0
             return _not_running(data_dir)
+        if args.command != "stop" and EmbeddedS3.attach(data_dir) is None:
+            print(
+                f"pike-stream s3: the embedded S3 server in {data_dir} (pid {server.pid}) does not answer on "
+                f"{server.endpoint_url}; see {server.log_path}, or end it with `pike-stream s3 stop`",
+                file=sys.stderr,
+            )
+            return 1
         if args.command == "stop":
             pid = server.pid
             server.stop(grace_s=args.grace)
@@ -96,3 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as exc:
         print(f"pike-stream s3: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"pike-stream s3 {args.command}: interrupted", file=sys.stderr)
+        return 130

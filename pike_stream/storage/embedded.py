@@ -7,11 +7,24 @@ The data folder holds everything the server needs and nothing else does::
 
     credentials.json   the generated keys (admin, optionally read-only), mode 0600
     s3-identities.json weed's -s3.config identities, written from credentials.json, mode 0600
-    config/            weed's -config_dir (master.toml: one volume per new bucket)
+    config/            weed's -config_dir: master.toml (one volume per new bucket) and security.toml
+                       (JWT signing keys, new random ones at every start)
     weed/              volumes, filer metadata, master state
     weed.log           weed's log (rotated once past 20 MB)
-    server.json        pid (while running), ports and endpoint of the last start, mode 0600
+    server.json        pid (from the moment weed is spawned), ports and endpoint of the last start
     lock               serializes starts and stops across processes
+
+Every file there is 0600 and every folder 0700 (made so at each start, also where they existed looser;
+weed runs with umask 077), so only the owner can read the keys or the data.
+
+Only the S3 port serves data, and only to the keys. The other ports weed opens on 127.0.0.1 are made
+useless without a key: the master's and the filer's HTTP APIs are off (``-disableHttp``: no
+``/dir/assign``, no filer listing, upload or delete), and the volume server accepts reads, writes
+and deletes only with a JWT signed by ``security.toml``'s keys (``jwt.signing.key``,
+``jwt.signing.read.key``; the filer's ``jwt.filer_signing*`` keys are set too). Not covered: the
+gRPC ports are unauthenticated (SeaweedFS protects them only with mTLS certificates), so a local user
+who speaks gRPC to them can reach the data; the master's status page and the volume server's
+``/status`` show the topology (volume ids and collection, that is bucket, names) to anyone local.
 
 Choices forced by SeaweedFS's defaults:
 
@@ -29,6 +42,10 @@ Choices forced by SeaweedFS's defaults:
   files, so every acknowledged write survives a killed process (tested); only a machine crash can
   lose what the operating system had not yet flushed;
 * weed puts Unix sockets named after its ports in /tmp; :meth:`EmbeddedS3.stop` removes them.
+
+A start that fails or is interrupted after spawning weed (an exception, Ctrl-C, SIGTERM or SIGHUP with
+their default handlers) kills that weed before returning or dying; the pid is in ``server.json`` from
+the spawn on, so even a starter killed with SIGKILL leaves a weed that ``pike-stream s3 stop`` finds.
 """
 
 from __future__ import annotations
@@ -36,11 +53,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import string
 import subprocess
 import threading
@@ -58,6 +77,8 @@ from pike_stream.storage.settings import S3Settings, StorageError, redact
 
 __all__ = ["EmbeddedS3", "WeedPorts", "validate_bucket_name", "weed_binary"]
 
+log = logging.getLogger(__name__)
+
 HOST = "127.0.0.1"
 STATE_VERSION = 1
 CREDENTIALS_FILE = "credentials.json"
@@ -66,6 +87,8 @@ STATE_FILE = "server.json"
 LOG_FILE = "weed.log"
 LOCK_FILE = "lock"
 CONFIG_DIR = "config"
+MASTER_TOML = "master.toml"
+SECURITY_TOML = "security.toml"
 WEED_DIR = "weed"
 
 VOLUME_SIZE_LIMIT_MB = 512
@@ -75,6 +98,32 @@ _MASTER_TOML = """\
 # Written by pike_stream: grow one volume at a time, so every bucket (a collection) costs one volume.
 [master.volume_growth]
 copy_1 = 1
+"""
+# JWT keys: weed's volume server and filer accept a request only with a token signed by these; only
+# weed's own components (master, filer, S3 gateway) hold them. New random keys at every start.
+_SECURITY_TOML = """\
+# Written by pike_stream at every start (new random keys each time); mode 0600.
+[jwt.signing]
+key = "{volume_write}"
+expires_after_seconds = 10
+
+[jwt.signing.read]
+key = "{volume_read}"
+expires_after_seconds = 60
+
+[jwt.filer_signing]
+key = "{filer_write}"
+expires_after_seconds = 10
+
+[jwt.filer_signing.read]
+key = "{filer_read}"
+expires_after_seconds = 60
+
+[access]
+ui = false
+
+[filer.expose_directory_metadata]
+enabled = false
 """
 _ADMIN_ACTIONS = ["Admin", "Read", "List", "Tagging", "Write"]
 _READ_ONLY_ACTIONS = ["Read", "List"]
@@ -186,6 +235,25 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _chmod_private(path: Path, mode: int) -> None:
+    """Set ``path``'s mode to ``mode`` (0600/0700), or fail naming the file."""
+    try:
+        if stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)
+    except OSError as exc:
+        raise StorageError(f"cannot make {path} private (mode {mode:04o}): {exc.strerror or exc}") from exc
+
+
+def _private_dir(path: Path) -> Path:
+    """``path``, created if missing, with mode 0700 (also if it existed with a looser mode)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot create the folder {path}: {exc.strerror or exc}") from exc
+    _chmod_private(path, 0o700)
+    return path
+
+
 def _new_key_pair() -> dict[str, str]:
     access = "PIKE" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16))
     return {"access_key_id": access, "secret_access_key": secrets.token_urlsafe(30)}
@@ -278,7 +346,7 @@ class EmbeddedS3:
             credentials["read_only"] = _new_key_pair()
             changed = True
         if changed:
-            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private_dir(self.data_dir)
             _write_private(path, json.dumps(credentials, indent=2) + "\n")
         self._credentials = credentials
         return credentials
@@ -337,8 +405,9 @@ class EmbeddedS3:
         with thread_lock:
             held = _HELD_FLOCKS.get(self.data_dir)
             if held is None:
-                self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                lock_file = open(self.data_dir / LOCK_FILE, "a")  # noqa: SIM115 - closed below
+                _private_dir(self.data_dir)
+                fd = os.open(self.data_dir / LOCK_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                lock_file = os.fdopen(fd, "a")  # closed below
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
                 held = (lock_file, 0)
             _HELD_FLOCKS[self.data_dir] = (held[0], held[1] + 1)
@@ -411,28 +480,44 @@ class EmbeddedS3:
         self._prepare_files()
         previous = self._previous_ports()
         began = time.monotonic()
-        for attempt in range(_BIND_ATTEMPTS):
-            # The ports of the last start, if free, keep weed's master state (a folder per master port).
-            self.ports = previous if attempt == 0 and previous is not None and previous.all_free() else None
-            self.ports = self.ports or WeedPorts.pick_free()
-            self._spawn()
+        with _signals_raise():
             try:
-                self._wait_ready(began + self.startup_timeout_s)
-                break
-            except _PortTaken:
-                if attempt == _BIND_ATTEMPTS - 1:
-                    raise StorageError(
-                        f"weed could not bind its ports after {_BIND_ATTEMPTS} tries; see {self.log_path}"
-                    ) from None
-        self.startup_s = time.monotonic() - began
-        self._write_state()
+                for attempt in range(_BIND_ATTEMPTS):
+                    # The ports of the last start, if free, keep weed's master state (a folder per master port).
+                    self.ports = previous if attempt == 0 and previous is not None and previous.all_free() else None
+                    self.ports = self.ports or WeedPorts.pick_free()
+                    self._spawn()
+                    try:
+                        self._wait_ready(began + self.startup_timeout_s)
+                        break
+                    except _PortTaken:
+                        if attempt == _BIND_ATTEMPTS - 1:
+                            raise StorageError(
+                                f"weed could not bind its ports after {_BIND_ATTEMPTS} tries; see {self.log_path}"
+                            ) from None
+                self.startup_s = time.monotonic() - began
+                self._write_state(starting=False)
+            except BaseException as exc:
+                # Whatever stopped the start (weed's failure, Ctrl-C, a signal, a bug): no weed may outlive it.
+                pid = self._pid
+                with _signals_blocked(), contextlib.suppress(Exception):
+                    self._stop(grace_s=0.0)
+                if not isinstance(exc, StorageError) and pid is not None:
+                    log.warning(
+                        "start of the embedded S3 server in %s interrupted (%s): killed weed (pid %s)",
+                        self.data_dir,
+                        type(exc).__name__ if not isinstance(exc, _Terminated) else exc,
+                        pid,
+                    )
+                raise
 
     def _prepare_files(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.data_dir / WEED_DIR).mkdir(exist_ok=True)
-        config = self.data_dir / CONFIG_DIR
-        config.mkdir(exist_ok=True)
-        (config / "master.toml").write_text(_MASTER_TOML)
+        _private_dir(self.data_dir)
+        _private_dir(self.data_dir / WEED_DIR)
+        config = _private_dir(self.data_dir / CONFIG_DIR)
+        _write_private(config / MASTER_TOML, _MASTER_TOML)
+        keys = {name: secrets.token_urlsafe(32) for name in ("volume_write", "volume_read", "filer_write", "filer_read")}
+        _write_private(config / SECURITY_TOML, _SECURITY_TOML.format(**keys))
         credentials = self._load_credentials()
 
         def identity(name: str, pair: dict[str, str], actions: list[str]) -> dict[str, Any]:
@@ -445,6 +530,13 @@ class EmbeddedS3:
         _write_private(self.data_dir / IDENTITIES_FILE, json.dumps({"identities": identities}, indent=2) + "\n")
         if self.log_path.exists() and self.log_path.stat().st_size > LOG_ROTATE_BYTES:
             os.replace(self.log_path, self.log_path.with_name(LOG_FILE + ".1"))
+        # Files of earlier versions or made by hand: none may stay readable by others.
+        for path in self.data_dir.iterdir():
+            if path.is_file() and not path.is_symlink():
+                _chmod_private(path, 0o600)
+        for path in config.iterdir():
+            if path.is_file() and not path.is_symlink():
+                _chmod_private(path, 0o600)
 
     def _previous_ports(self) -> WeedPorts | None:
         state = self._read_state()
@@ -472,6 +564,7 @@ class EmbeddedS3:
             f"-volume.port.grpc={p.volume_grpc}",
             f"-volume.max={MAX_VOLUMES}",
             "-volume.preStopSeconds=0",
+            "-disableHttp",  # the master's and the filer's HTTP APIs: unauthenticated, and the S3 gateway needs neither
             "-filer",
             f"-filer.port={p.filer}",
             f"-filer.port.grpc={p.filer_grpc}",
@@ -487,19 +580,23 @@ class EmbeddedS3:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "WEED_"))}
         env["HOME"] = str(self.data_dir)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- pike_stream: starting weed on {HOST}, S3 port {self.ports.s3} ---\n".encode())
-            log.flush()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log_file:
+            log_file.write(f"--- pike_stream: starting weed on {HOST}, S3 port {self.ports.s3} ---\n".encode())
+            log_file.flush()
             self._proc = subprocess.Popen(
                 self._command(),
                 cwd=self.data_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal must not kill a server meant to outlive us
+                umask=0o077,  # whatever weed creates (volumes, metadata, its /tmp sockets) is the owner's only
             )
-        self._pid = self._proc.pid
+            self._pid = self._proc.pid
+        # Recorded at once: if this process dies before the start completes, `stop` still finds weed.
+        self._write_state(starting=True)
 
     def _probe_client(self) -> Any:
         """A client that fails fast, for asking whether the server answers."""
@@ -516,15 +613,14 @@ class EmbeddedS3:
         return True
 
     def _has_volume_server(self) -> bool:
-        """Whether the master knows a volume server (before that, the first write to a bucket fails)."""
+        """Whether the volume server heartbeats to the master (before that, the first write to a bucket fails)."""
         assert self.ports is not None
-        url = f"http://{HOST}:{self.ports.master}/dir/status"
+        url = f"http://{HOST}:{self.ports.volume}/healthz"
         try:
             with urllib.request.urlopen(url, timeout=2.0) as response:
-                topology = json.load(response).get("Topology", {})
-        except (OSError, ValueError):
+                return bool(response.status == 200)
+        except OSError:
             return False
-        return int(topology.get("Max", 0)) > 0
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._proc is not None
@@ -540,22 +636,24 @@ class EmbeddedS3:
                     f"the embedded S3 server (weed) exited with code {code} while starting in {self.data_dir}; "
                     f"last lines of {self.log_path}:\n{tail}"
                 )
-            if self._answers_s3(client) and self._has_volume_server():
-                return
+            # The deadline first: a server is ready within the timeout only if a probe before it says so.
             if time.monotonic() > deadline:
                 message = (
                     f"the embedded S3 server in {self.data_dir} did not answer on {self.endpoint_url} within "
-                    f"{self.startup_timeout_s:.0f} s; last lines of {self.log_path}:\n{self.log_tail(since_start=True)}"
+                    f"{self.startup_timeout_s:g} s; last lines of {self.log_path}:\n{self.log_tail(since_start=True)}"
                 )
                 self._stop(grace_s=0.0)
                 raise StorageError(message)
+            if self._answers_s3(client) and self._has_volume_server():
+                return
             time.sleep(0.1)
 
-    def _write_state(self) -> None:
+    def _write_state(self, *, starting: bool) -> None:
         assert self.ports is not None and self._pid is not None
         state = {
             "version": STATE_VERSION,
             "pid": self._pid,
+            "starting": starting,
             "ports": asdict(self.ports),
             "endpoint_url": self.endpoint_url,
             "read_only_identity": self.read_only_identity,
@@ -613,9 +711,11 @@ class EmbeddedS3:
         if self._pid is None:
             return None
         if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGTERM)
-            if not self._wait_exit(grace_s):
+            if grace_s > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._pid, signal.SIGTERM)
+                    os.kill(self._pid, signal.SIGCONT)  # a stopped (SIGSTOP) weed can only exit once continued
+            if grace_s <= 0 or not self._wait_exit(grace_s):
                 self._kill_now()
         self._reap()
         state = self._read_state()
@@ -671,6 +771,60 @@ class EmbeddedS3:
     def __repr__(self) -> str:
         where = self.endpoint_url if self.ports is not None else "not started"
         return f"EmbeddedS3({str(self.data_dir)!r}, {where}, pid={self._pid})"
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while starting: unwinds the start like Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While starting, turn SIGTERM and SIGHUP (where their default, process-ending action is in force,
+    in the main thread) into an exception, so the start's cleanup kills the weed it spawned; then the
+    process ends by that signal as it would have."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    except _Terminated as exc:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        previous = {}
+        os.kill(os.getpid(), exc.signum)  # the default action: end this process by that signal
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold back SIGINT, SIGTERM and SIGHUP (delivered after the block), so cleanup runs to its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
 
 
 class _PortTaken(Exception):
