@@ -47,7 +47,7 @@ BALANCED_TAU = 1.0
 def arms(corpus: str) -> dict[str, dict[str, Any]]:
     from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL}
+    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped_defaults()}
     out = {"uniform": {"strategy": "uniform"}, "pike": pike,
            "balanced_pike": {**pike, "strategy": "balanced_pike", "tau": BALANCED_TAU}}
     if corpus == "unequal":

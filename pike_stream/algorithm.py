@@ -55,6 +55,7 @@ from pike_stream.controller import (
     DEFAULT_CONFLICT_THRESHOLD,
     DEFAULT_EMA,
     DEFAULT_PROBE_SAMPLES,
+    DEFAULT_PULL,
     DEFAULT_UPDATE_INTERVAL,
     STATE_FORMAT,
     STATE_VERSION,
@@ -114,6 +115,12 @@ class PiKE(Algorithm):
         initial_weights: ``{domain: weight}`` for step 0 (normalised); None: the strategy's own (uniform or
             proportional to domain sizes, see its ``initial`` option).
         ema: averaging of the statistics across updates, in ``[0, 1)``; 0 is off.
+        pull: after every update, move the weights this fraction of the way back (in log space) to the
+            mixture of the run's first step, in ``[0, 1]``; 0 is the paper's rule
+            (:data:`~pike_stream.controller.DEFAULT_PULL`).
+        allow_changes: resume a checkpoint saved with other PiKE options (strategy, its options, schedule),
+            logging what changed; by default such a resume is refused (the weights would differ from the
+            interrupted run's).
         per_sample_loss: ``(model, batch) -> Tensor[b]``, the differentiable loss of each sample; default
             :func:`~pike_stream.probe.causal_lm_per_sample_loss`.
         sketch_dim: buckets of the gradient sketch behind the domain cosines (0: no cosines).
@@ -137,12 +144,13 @@ class PiKE(Algorithm):
     def __init__(self, *, strategy: str = "pike", update_interval: int = DEFAULT_UPDATE_INTERVAL,
                  warmup_steps: int = 0, probe_samples: int = DEFAULT_PROBE_SAMPLES,
                  initial_weights: Mapping[str, float] | None = None, ema: float = DEFAULT_EMA,
+                 pull: float = DEFAULT_PULL, allow_changes: bool = False,
                  per_sample_loss: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
                  sketch_dim: int = 256, conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD,
                  **options: Any) -> None:
         super().__init__()
         self.strategy = get_strategy(strategy, **options)
-        check_schedule(update_interval, warmup_steps, ema, probe_samples)
+        check_schedule(update_interval, warmup_steps, ema, probe_samples, pull)
         if isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 0:
             raise ValueError(f"PiKE option 'sketch_dim' must be an integer ≥ 0, got {sketch_dim!r}")
         if conflict_threshold is not None and (
@@ -158,6 +166,10 @@ class PiKE(Algorithm):
         self.warmup_steps = int(warmup_steps)
         self.probe_samples = int(probe_samples)
         self.ema = float(ema)
+        self.pull = float(pull)
+        if not isinstance(allow_changes, bool):
+            raise ValueError(f"PiKE option 'allow_changes' must be true or false, got {allow_changes!r}")
+        self.allow_changes = allow_changes
         self.per_sample_loss = per_sample_loss or causal_lm_per_sample_loss
         self.sketch_dim = sketch_dim
         self.conflict_threshold = conflict_threshold
@@ -168,7 +180,7 @@ class PiKE(Algorithm):
 
     def __repr__(self) -> str:
         return (f"PiKE(strategy={self.strategy!r}, update_interval={self.update_interval}, "
-                f"warmup_steps={self.warmup_steps}, probe_samples={self.probe_samples}, ema={self.ema})")
+                f"warmup_steps={self.warmup_steps}, probe_samples={self.probe_samples}, ema={self.ema}, pull={self.pull})")
 
     def match(self, event: Event, state: State) -> bool:
         return event in (Event.FIT_START, Event.AFTER_DATALOADER)
@@ -187,8 +199,9 @@ class PiKE(Algorithm):
         previous = self.controller.state_dict() if self.controller is not None else self._pending_state
         self.controller = MixingController(self.strategy, mixer.domain_names, update_interval=self.update_interval,
                                            warmup_steps=self.warmup_steps, ema=self.ema,
-                                           probe_samples=self.probe_samples,
-                                           conflict_threshold=self.conflict_threshold)
+                                           probe_samples=self.probe_samples, pull=self.pull,
+                                           conflict_threshold=self.conflict_threshold,
+                                           allow_changes=self.allow_changes)
         if previous is not None:
             self.controller.load_state_dict(previous)
             self._pending_state = None
@@ -197,8 +210,9 @@ class PiKE(Algorithm):
         step = int(state.timestamp.batch)
         if step > 0:
             if mixer.step != step:
-                log.warning("PiKE: resuming at batch %d but the mixer is at step %d (its state was not restored "
-                            "from the checkpoint?); keeping the mixer's weights %s", step, mixer.step, mixer.weights)
+                raise RuntimeError(f"PiKE: resuming at batch {step} but the mixer is at step {mixer.step}: its state "
+                                   f"was not restored from the checkpoint (is the mixer the train dataloader Composer "
+                                   f"checkpoints?), so the batches would repeat or skip; refusing to train")
             return
         mixer.set_weights(strategy_initial if self.initial_weights is None else self._initial_weights_for(mixer))
 
@@ -289,7 +303,7 @@ class PiKE(Algorithm):
         if self._pending_state is not None:
             return dict(self._pending_state)
         return {"format": STATE_FORMAT, "version": STATE_VERSION, "strategy": self.strategy.name, "updates": 0,
-                "skipped_updates": 0, "domains": {}, "inner": {}, "pair_updates": {}}
+                "skipped_updates": 0, "domains": {}, "inner": {}, "pair_updates": {}, "anchor": None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint's state; applied when the mixer is known (at FIT_START), or now if it is."""

@@ -26,6 +26,11 @@ What the controller owns (and saves in its state):
 
 * **The schedule.** Batch ``t`` is an update step when ``t ≥ warmup_steps`` and
   ``(t − warmup_steps) mod update_interval = 0``.
+* **The anchor and the pull back to it.** The weights in force at the first step the controller sees (the
+  run's initial mixture) are its anchor. After every strategy step the weights move a fraction ``pull`` of
+  the way back to the anchor in log space (:func:`~pike_stream.mixing.pull_toward`): the mixture follows
+  the *recent* statistics, and a domain that was up-weighted while it was being learned (its gradient large)
+  comes back within about ``1/pull`` updates once it is learned, instead of keeping what it gained.
 * **Averaging across updates.** Each probe's estimates of ``G_k``, ``S_k`` and the loss are unbiased but
   noisy; each domain's are averaged as ``x ← a·x + (1 − a)·x_fresh`` (``a = ema``; the first estimate is
   taken as it is). A domain's average moves only when it has a fresh estimate.
@@ -45,6 +50,7 @@ What the controller owns (and saves in its state):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -53,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pike_stream.mixing import DomainStats, Strategy, check_weights
+from pike_stream.mixing import DomainStats, Strategy, apply_floor, check_weights, pull_toward
 
 if TYPE_CHECKING:  # the controller itself needs neither torch nor Composer
     from pike_stream.probe import ProbeResult
@@ -64,6 +70,7 @@ __all__ = [
     "DEFAULT_CONFLICT_THRESHOLD",
     "DEFAULT_EMA",
     "DEFAULT_PROBE_SAMPLES",
+    "DEFAULT_PULL",
     "DEFAULT_UPDATE_INTERVAL",
     "STATE_FORMAT",
     "STATE_VERSION",
@@ -90,6 +97,11 @@ DEFAULT_EMA = 0.5
 """Smoothing of each domain's statistics across updates (0: each probe as it is), as in the headroom
 benchmark's sweep."""
 
+DEFAULT_PULL = 0.1
+"""λ, the fraction of the log-distance to the anchor (the initial mixture) removed after every update
+(:func:`~pike_stream.mixing.pull_toward`); 0 is the paper's rule, where the weights are the running sum of all
+past steps. Chosen on the headroom benchmark's tuning seed (``bench/results/headroom.md``)."""
+
 DEFAULT_CONFLICT_THRESHOLD = -0.2
 """Report a conflict when a pair's averaged gradient cosine (:attr:`MixingController.cosines`) stays below
 this. PiKE's bound assumes low gradient conflict (cosines near zero or positive)."""
@@ -101,8 +113,8 @@ CONFLICT_MIN_UPDATES = 10
 """Updates that must have seen both domains of a pair before its cosine can count as a conflict."""
 
 STATE_FORMAT = "pike_stream.algorithm"
-STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 _STATISTICS = ("grad_sq", "variance", "loss")
 
@@ -145,9 +157,10 @@ def min_cosine(cosine: np.ndarray | None) -> tuple[float, int, int] | None:
     return float(values[best]), int(i[best]), int(j[best])
 
 
-def check_schedule(update_interval: Any, warmup_steps: Any, ema: Any, probe_samples: Any) -> None:
+def check_schedule(update_interval: Any, warmup_steps: Any, ema: Any, probe_samples: Any,
+                   pull: Any = DEFAULT_PULL) -> None:
     """Raise ``ValueError`` naming the option unless ``update_interval ≥ 1``, ``warmup_steps ≥ 0``,
-    ``probe_samples ≥ 0`` (integers) and ``0 ≤ ema < 1``."""
+    ``probe_samples ≥ 0`` (integers), ``0 ≤ ema < 1`` and ``0 ≤ pull ≤ 1``."""
     def integer(value: Any, minimum: int) -> bool:
         return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
 
@@ -162,6 +175,9 @@ def check_schedule(update_interval: Any, warmup_steps: Any, ema: Any, probe_samp
     if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not (math.isfinite(ema) and 0.0 <= ema < 1.0):
         raise ValueError(f"PiKE option 'ema' (smoothing of the statistics across updates) must be in [0, 1), "
                          f"got {ema!r}")
+    if isinstance(pull, bool) or not isinstance(pull, (int, float)) or not (math.isfinite(pull) and 0.0 <= pull <= 1.0):
+        raise ValueError(f"PiKE option 'pull' (fraction of the way back to the initial mixture at every update) "
+                         f"must be in [0, 1], got {pull!r}")
 
 
 class MixingController:
@@ -177,15 +193,19 @@ class MixingController:
         ema: averaging of the statistics across updates, in ``[0, 1)``; 0 uses each probe as it is.
         probe_samples: m, samples of every domain in a probe batch; 0 probes the training batch. The
             controller only carries the number for its caller (who draws the probe batch).
+        pull: λ in ``[0, 1]``, how far the weights return to the anchor after every update; 0: never.
         conflict_threshold: report the two domains whose averaged gradient cosine is lowest when it stays
             below this; None never does.
+        allow_changes: let :meth:`load_state_dict` continue a state saved with other :attr:`options` (the
+            differences are logged); by default such a resume is refused, since the weights would not be
+            those of the run that was interrupted.
     """
 
     def __init__(self, strategy: Strategy, domain_names: Sequence[str], *,
                  update_interval: int = DEFAULT_UPDATE_INTERVAL, warmup_steps: int = 0, ema: float = DEFAULT_EMA,
-                 probe_samples: int = DEFAULT_PROBE_SAMPLES,
-                 conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD) -> None:
-        check_schedule(update_interval, warmup_steps, ema, probe_samples)
+                 probe_samples: int = DEFAULT_PROBE_SAMPLES, pull: float = DEFAULT_PULL,
+                 conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD, allow_changes: bool = False) -> None:
+        check_schedule(update_interval, warmup_steps, ema, probe_samples, pull)
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a mixing strategy (get_strategy(name)), got {type(strategy).__name__}")
         names = list(domain_names)
@@ -197,13 +217,25 @@ class MixingController:
         self.warmup_steps = int(warmup_steps)
         self.ema = float(ema)
         self.probe_samples = int(probe_samples)
+        self.pull = float(pull)
         self.conflict_threshold = conflict_threshold
+        self.allow_changes = bool(allow_changes)
+        self.anchor: np.ndarray | None = None  # the weights of the first step seen (see the module docstring)
         self.updates = 0
         self.skipped_updates = 0
         k = len(names)
         self._estimates = np.full((len(_STATISTICS), k), np.nan)  # rows: grad_sq, variance, loss
         self._inner = np.full((k, k), np.nan)       # averaged ⟨∇L_i, ∇L_j⟩ (diagonal: averaged G)
         self._pair_updates = np.zeros((k, k), np.int64)  # updates that saw both domains of a pair
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Everything that decides the weights besides the statistics: the strategy with its options and the
+        schedule. Saved in the state; a resume with other options is refused unless ``allow_changes``."""
+        strategy = {f.name: getattr(self.strategy, f.name) for f in dataclasses.fields(self.strategy)}  # type: ignore[arg-type]
+        return {"strategy": self.strategy.name, **strategy, "update_interval": self.update_interval,
+                "warmup_steps": self.warmup_steps, "ema": self.ema, "pull": self.pull,
+                "probe_samples": self.probe_samples}
 
     @property
     def num_domains(self) -> int:
@@ -255,6 +287,8 @@ class MixingController:
             world_size: the number of data-parallel ranks the probe averaged over.
         """
         current = check_weights(weights, "weights", self.num_domains)
+        if self.anchor is None:
+            self.anchor = current
         if probe is None or not self.strategy.adaptive:
             return WeightUpdate(self.strategy.weights(step + 1, current, None, batch_size))
         problem = self._bad_statistics(probe, world_size)
@@ -272,6 +306,9 @@ class MixingController:
         # The strategy sees the averages of the domains estimated now, and NaN (keep your share) for the rest.
         stats = DomainStats(*np.where(np.isnan(fresh), np.nan, self._estimates))
         new = self.strategy.weights(step + 1, current, stats, batch_size)
+        if self.pull > 0:
+            new = apply_floor(pull_toward(new, self.anchor, self.pull, present=~(np.isnan(stats.grad_sq) | np.isnan(stats.variance))),
+                              getattr(self.strategy, "min_weight", 0.0))
         self.updates += 1
         return WeightUpdate(new, stats, None, *self._conflict())
 
@@ -326,13 +363,36 @@ class MixingController:
             "inner": {a: {b: float(self._inner[i, j]) for j, b in enumerate(names)} for i, a in enumerate(names)},
             "pair_updates": {a: {b: int(self._pair_updates[i, j]) for j, b in enumerate(names)}
                              for i, a in enumerate(names)},
+            "options": self.options,
+            "anchor": None if self.anchor is None else {name: float(self.anchor[k]) for k, name in enumerate(names)},
         }
 
+    def _check_options(self, obj: Mapping[str, Any]) -> None:
+        """Refuse (or, with ``allow_changes``, log) a state saved with other :attr:`options`."""
+        saved = obj.get("options")
+        if saved is None:  # a state before version 3 records only the strategy's name
+            saved, current = {"strategy": obj.get("strategy")}, {"strategy": self.strategy.name}
+        else:
+            current = self.options
+        changed = [f"{key} {saved.get(key, '(unset)')!r} → {current.get(key, '(unset)')!r}"
+                   for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+        if not changed:
+            return
+        if not self.allow_changes:
+            raise ValueError(f"the checkpoint's PiKE options differ from this run's ({'; '.join(changed)}): the "
+                             f"resumed weights would not be those of the interrupted run; restore the options, or "
+                             f"set allow_changes (config: algorithms.pike.allow_changes: true) to continue with "
+                             f"the new ones")
+        log.warning("PiKE: continuing after update %s with changed options (allow_changes): %s",
+                    obj.get("updates"), "; ".join(changed))
+
     def load_state_dict(self, obj: Mapping[str, Any]) -> None:
-        """Continue from a :meth:`state_dict`; refuses another format, version or set of domains.
+        """Continue from a :meth:`state_dict`; refuses another format, version or set of domains, and other
+        :attr:`options` unless ``allow_changes``.
 
         A state without domains (saved before the mixer was known) restores the counters only; a version-1
-        state (before cross-domain inner products were kept) starts them afresh.
+        state (before cross-domain inner products were kept) starts them afresh; a state before version 3
+        (no anchor) takes the weights in force at the first step after the resume as its anchor.
         """
         if not isinstance(obj, Mapping) or obj.get("format") != STATE_FORMAT:
             found = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
@@ -340,17 +400,22 @@ class MixingController:
         if obj.get("version") not in _READABLE_VERSIONS:
             raise ValueError(f"PiKE state version {obj.get('version')!r} is not supported (this pike_stream "
                              f"reads versions {', '.join(map(str, _READABLE_VERSIONS))})")
+        missing = [key for key in ("strategy", "updates", "skipped_updates", "domains") if key not in obj]
+        if missing:
+            raise ValueError(f"malformed PiKE state: field {missing[0]!r} is missing")
         saved = obj["domains"]
         names = self.domain_names
         if saved and set(saved) != set(names):
             raise ValueError(f"the saved PiKE state covers domains {sorted(saved)}, this run has {sorted(names)}")
-        if obj["strategy"] != self.strategy.name:
-            log.warning("PiKE: the checkpoint was made with mixing strategy %r; continuing with %r",
-                        obj["strategy"], self.strategy.name)
+        self._check_options(obj)
         self._estimates = np.array([[saved[name][stat] if saved else np.nan for name in names]
                                     for stat in _STATISTICS], dtype=np.float64)
         inner, pairs = obj.get("inner") or {}, obj.get("pair_updates") or {}
         self._inner = np.array([[inner[a][b] if inner else np.nan for b in names] for a in names], dtype=np.float64)
         self._pair_updates = np.array([[pairs[a][b] if pairs else 0 for b in names] for a in names], dtype=np.int64)
+        anchor = obj.get("anchor")
+        if anchor is not None and set(anchor) != set(names):
+            raise ValueError(f"the saved PiKE anchor covers domains {sorted(anchor)}, this run has {sorted(names)}")
+        self.anchor = None if anchor is None else check_weights([anchor[name] for name in names], "the saved anchor")
         self.updates = int(obj["updates"])
         self.skipped_updates = int(obj["skipped_updates"])

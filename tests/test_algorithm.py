@@ -302,6 +302,19 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(data_root: str, tmp_
     assert_same_run([head, tail], pike, uninterrupted)
 
 
+def test_a_resume_with_other_pike_options_is_refused_unless_allowed(data_root: str, tmp_path, caplog) -> None:
+    folder = str(tmp_path / "checkpoints")
+    train(data_root, "4ba", algorithms=[PiKE(**RESUME_OPTIONS)], save_folder=folder, save_interval="4ba")
+    checkpoint = os.path.join(folder, "ep0-ba4-rank0.pt")
+    changed = {**RESUME_OPTIONS, "zeta1": 0.5, "pull": 0.0}
+    with pytest.raises(ValueError, match=r"options differ.*pull 0\.1 → 0\.0; zeta1 2\.0 → 0\.5.*allow_changes"):
+        train(data_root, "8ba", algorithms=[PiKE(**changed)], load_path=checkpoint)
+    with caplog.at_level(logging.WARNING, logger="pike_stream.controller"):
+        run = train(data_root, "8ba", algorithms=[PiKE(**changed, allow_changes=True)], load_path=checkpoint)
+    assert len(run.recorder.batches) == 4
+    assert any("changed options" in r.getMessage() and "zeta1 2.0 → 0.5" in r.getMessage() for r in caplog.records)
+
+
 def test_fit_called_twice_continues_like_one_fit(data_root: str, uninterrupted: Run) -> None:
     """The controller's state carries over to the next ``fit()``. (Composer would skip ``batch_in_epoch``
     batches of the mixer's continuing iterator on the second ``fit()``: ``spin_dataloaders=False`` stops that.)"""
@@ -382,10 +395,11 @@ def test_a_pure_noise_domain_loses_weight(data_root: str) -> None:
     """web is uniformly random tokens, code and math are learnable. While the model learns web's token
     frequencies its gradient is large and web gains a little; once that is learned its samples are noise
     (small G, large S) and PiKE, estimating every domain on a probe batch at every update, moves web well below
-    its uniform share and keeps it there. (Steps 5x the default, so that 60 steps show it.)"""
+    its uniform share and keeps it there; the pull back to the initial mixture bounds how far it falls, and
+    slows the fall. (Steps 5x the default, so that 60 steps show it.)"""
     run = train(data_root, "60ba", algorithms=[PiKE(update_interval=4, warmup_steps=4, zeta1=0.5, zeta2=0.5)])
     web = np.array(run.recorder.weights)[:, NAMES.index("web")]
-    assert web[-1] < 0.15
+    assert web[-1] < 0.25
     assert (web[40:] < 1 / 3).all() and (np.diff(web[30:]) <= 1e-12).mean() > 0.9
     assert run.metric("pike/skipped_updates")[-1][1] == 0
 

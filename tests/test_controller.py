@@ -151,6 +151,49 @@ def test_one_noisy_probe_does_not_make_a_conflict() -> None:
     assert update.conflict is None and update.min_cosine > -0.2
 
 
+def test_a_domain_up_weighted_while_it_was_learned_returns_once_it_is_learned() -> None:
+    """A domain whose gradient is large for a while (being learned) then as small as the others' gains weight;
+    with the pull it returns to the initial mixture within a few times 1/pull updates, without it keeps its gain."""
+    def run(pull: float) -> tuple[float, float]:
+        controller = MixingController(get_strategy("pike", zeta1=0.3, zeta2=0.0), NAMES, update_interval=1,
+                                      ema=0.0, pull=pull)
+        w, peak = np.full(3, 1 / 3), 0.0
+        for t in range(80):
+            learning = t < 20
+            update = controller.next_weights(t, w, B, probe([5.0 if learning else 1.0, 1.0, 1.0], [1.0] * 3,
+                                                            [2.0] * 3, [4, 4, 4]))
+            w = update.weights
+            peak = max(peak, w[0])
+        return peak, w[0]
+
+    peak, end = run(0.2)
+    assert peak > 0.45 and end == pytest.approx(1 / 3, abs=1e-3)
+    peak0, end0 = run(0.0)
+    assert end0 > 0.9  # the running sum keeps everything the domain gained
+
+
+def test_the_anchor_is_the_first_mixture_and_is_saved() -> None:
+    controller = MixingController(get_strategy("pike"), NAMES, update_interval=1, warmup_steps=2)
+    start = np.array([0.5, 0.3, 0.2])
+    controller.next_weights(0, start, B)  # warm-up: no probe, the weights stay
+    controller.next_weights(1, start, B)
+    np.testing.assert_array_equal(controller.anchor, start)
+    state = controller.state_dict()
+    assert state["anchor"] == {"web": 0.5, "code": 0.3, "math": 0.2}
+    restored = MixingController(get_strategy("pike"), NAMES, update_interval=1, warmup_steps=2)
+    restored.load_state_dict(state)
+    np.testing.assert_array_equal(restored.anchor, start)
+    with pytest.raises(ValueError, match="anchor"):
+        restored.load_state_dict({**state, "anchor": {"web": 0.5, "code": 0.5}})
+    # A version-2 state (before the anchor) takes the weights at the resume as the anchor.
+    old = {k: v for k, v in state.items() if k not in ("anchor", "options")} | {"version": 2}
+    resumed = MixingController(get_strategy("pike"), NAMES)
+    resumed.load_state_dict(old)
+    assert resumed.anchor is None
+    resumed.next_weights(5, [0.2, 0.2, 0.6], B)
+    np.testing.assert_array_equal(resumed.anchor, [0.2, 0.2, 0.6])
+
+
 def test_controller_state_round_trip_continues_identically() -> None:
     def updates(controller: MixingController, start: int, w: np.ndarray) -> list[tuple]:
         out = []
@@ -184,6 +227,27 @@ def test_controller_state_round_trip_continues_identically() -> None:
         make().load_state_dict({**state, "version": 99})
 
 
+def test_a_state_saved_with_other_options_is_refused_unless_changes_are_allowed(caplog) -> None:
+    saved = MixingController(get_strategy("pike", zeta1=0.2), NAMES, update_interval=5).state_dict()
+    assert saved["options"]["zeta1"] == 0.2 and saved["options"]["update_interval"] == 5
+    with pytest.raises(ValueError, match="update_interval 5 → 10; zeta1 0.2 → 0.1"):
+        MixingController(get_strategy("pike"), NAMES, update_interval=10).load_state_dict(saved)
+    with pytest.raises(ValueError, match="strategy 'pike' → 'balanced_pike'"):
+        MixingController(get_strategy("balanced_pike", zeta1=0.2), NAMES, update_interval=5).load_state_dict(saved)
+    MixingController(get_strategy("pike", zeta1=0.2), NAMES, update_interval=5).load_state_dict(saved)  # same: fine
+    with caplog.at_level("WARNING", logger="pike_stream.controller"):
+        MixingController(get_strategy("pike"), NAMES, update_interval=10, allow_changes=True).load_state_dict(saved)
+    assert "changed options" in caplog.text and "zeta1 0.2 → 0.1" in caplog.text
+
+
+@pytest.mark.parametrize("field", ["strategy", "updates", "skipped_updates", "domains"])
+def test_a_malformed_state_names_the_missing_field(field: str) -> None:
+    state = MixingController(get_strategy("pike"), NAMES).state_dict()
+    del state[field]
+    with pytest.raises(ValueError, match=f"field '{field}' is missing"):
+        MixingController(get_strategy("pike"), NAMES).load_state_dict(state)
+
+
 def test_a_version_1_state_resumes_with_fresh_conflict_averages() -> None:
     state = {"format": STATE_FORMAT, "version": 1, "strategy": "pike", "updates": 7, "skipped_updates": 1,
              "domains": {n: {"grad_sq": 1.0, "variance": 2.0, "loss": 3.0} for n in NAMES}}
@@ -194,7 +258,8 @@ def test_a_version_1_state_resumes_with_fresh_conflict_averages() -> None:
 
 
 @pytest.mark.parametrize("option, value", [("update_interval", 0), ("warmup_steps", -1), ("ema", 1.0),
-                                           ("probe_samples", 1), ("probe_samples", -2)])
+                                           ("probe_samples", 1), ("probe_samples", -2), ("pull", 1.5),
+                                           ("pull", -0.1)])
 def test_bad_schedule_options_name_the_option(option: str, value) -> None:
     with pytest.raises(ValueError, match=option):
         MixingController(get_strategy("pike"), NAMES, **{option: value})

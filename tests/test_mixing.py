@@ -23,6 +23,7 @@ from pike_stream.mixing import (
     multiplicative_update,
     pike_step,
     proportional_weights,
+    pull_toward,
     random_weights,
     round_robin_weights,
     separable_qp_weights,
@@ -313,7 +314,7 @@ def test_separable_qp_satisfies_kkt(inputs) -> None:
     _assert_kkt(w, lam, kappa, total)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)  # no timing: the suite runs beside other work
 @given(inputs=qp_inputs(min_k=2, max_k=3), seed=st.integers(0, 2**32 - 1))
 def test_separable_qp_matches_brute_force(inputs, seed) -> None:
     lam, kappa, total = inputs
@@ -590,3 +591,43 @@ def test_stats_for_a_different_number_of_domains_are_rejected() -> None:
     stats = DomainStats(grad_sq=np.ones(2), variance=np.ones(2), loss=np.ones(2))
     with pytest.raises(ValueError, match="stats cover 2 domains"):
         get_strategy("pike").weights(1, np.full(3, 1 / 3), stats, 8)
+
+
+# ----------------------------------------------------------------------------------------------- pull_toward
+def test_pull_toward_is_a_geometric_mix_with_the_anchor() -> None:
+    w, a = np.array([0.7, 0.2, 0.1]), np.array([0.2, 0.3, 0.5])
+    np.testing.assert_allclose(pull_toward(w, a, 0.0), w)
+    np.testing.assert_allclose(pull_toward(w, a, 1.0), a)
+    half = pull_toward(w, a, 0.5)
+    np.testing.assert_allclose(half, np.sqrt(w * a) / np.sqrt(w * a).sum())
+    # Domains without a fresh estimate keep their weights; the others keep their total mass.
+    part = pull_toward(w, a, 0.5, present=[True, True, False])
+    assert part[2] == pytest.approx(0.1, rel=1e-12) and part.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(part[:2] / part[:2].sum(), np.sqrt(w[:2] * a[:2]) / np.sqrt(w[:2] * a[:2]).sum())
+    with pytest.raises(ValueError, match="pull"):
+        pull_toward(w, a, 1.5)
+    with pytest.raises(ValueError, match="anchor"):
+        pull_toward(w, a[:2] / a[:2].sum(), 0.5)
+
+
+def test_with_a_pull_constant_exponents_settle_instead_of_drifting() -> None:
+    """log w → log a + (1 − λ)/λ · e (up to a constant): bounded, whereas λ = 0 piles all weight on one domain."""
+    a, e, lam = np.full(3, 1 / 3), np.array([0.3, 0.0, -0.2]), 0.2
+    w, free = a.copy(), a.copy()
+    for _ in range(300):
+        w = pull_toward(multiplicative_update(w, e), a, lam)
+        free = multiplicative_update(free, e)
+    expected = a * np.exp((1 - lam) / lam * e)
+    np.testing.assert_allclose(w, expected / expected.sum(), rtol=1e-9)
+    assert free[0] > 0.999
+
+
+@given(st.lists(st.floats(0.02, 1.0), min_size=2, max_size=6), st.floats(0.0, 1.0), st.integers(0, 10_000))
+@settings(max_examples=60, deadline=None)
+def test_pull_toward_keeps_a_floor_that_both_vectors_respect(raw: list[float], lam: float, seed: int) -> None:
+    k = len(raw)
+    m = 0.5 / k / 2
+    w = apply_floor(np.array(raw), m)
+    a = apply_floor(np.random.default_rng(seed).uniform(0.01, 1, k), m)
+    out = pull_toward(w, a, lam)
+    assert out.sum() == pytest.approx(1.0) and np.all(out >= m * (1 - 1e-9))

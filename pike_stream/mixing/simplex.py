@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SIMPLEX_ATOL", "apply_floor", "check_weights", "log_normalize"]
+__all__ = ["SIMPLEX_ATOL", "apply_floor", "check_weights", "log_normalize", "pull_toward"]
 
 SIMPLEX_ATOL = 1e-6
 """How far from 1 the sum of a weight vector handed to a strategy may be (float drift, JSON round trips)."""
@@ -87,3 +87,42 @@ def apply_floor(weights: np.ndarray, min_weight: float) -> np.ndarray:
     free = int(np.flatnonzero(at_breakpoint <= 1.0)[-1]) + 1  # j = 1 always qualifies: K·m < 1
     scale = (1.0 - (num_domains - free) * min_weight) / prefix[free]
     return np.maximum(min_weight, scale * w)
+
+
+def pull_toward(weights: np.ndarray, anchor: np.ndarray, pull: float, present: np.ndarray | None = None) -> np.ndarray:
+    """Move ``weights`` a fraction ``pull`` of the way back to ``anchor`` in log space (a geometric mix):
+
+        w'_k ∝ w_k^(1−λ) · a_k^λ   over the ``present`` domains, which keep their total mass;  w'_k = w_k elsewhere
+
+    Applied after every multiplicative step ``log w ← log w + e``, it turns the running *sum* of the exponents
+    into a discounted one: with constant exponents the log-weights settle at ``log a + (1−λ)/λ · e`` (up to a
+    constant) instead of drifting without bound, and once a domain's exponent falls back (its loss is learned)
+    its weight returns toward the anchor within about 1/λ updates — as fast as it left, not as slowly.
+    λ = 0 returns ``weights``; λ = 1 returns the anchor (on the present domains).
+
+    Both vectors are on Δ_K; a weight ≥ m in both stays ≥ m (the geometric mix sums to at most 1 before
+    renormalising). A zero anchor weight pins that domain at zero for any λ > 0.
+
+    Args:
+        weights: the weights after the step, shape ``[K]``.
+        anchor: the weights to return to, shape ``[K]``.
+        pull: λ in ``[0, 1]``.
+        present: mask of the domains to move (default: all); the others keep their weights exactly.
+    """
+    w = check_weights(weights)
+    a = check_weights(anchor, "anchor", w.size)
+    if isinstance(pull, bool) or not (np.isfinite(pull) and 0.0 <= pull <= 1.0):
+        raise ValueError(f"pull must be a number in [0, 1], got {pull!r}")
+    mask = np.ones(w.size, dtype=bool) if present is None else np.asarray(present, dtype=bool)
+    if mask.shape != w.shape:
+        raise ValueError(f"present has shape {mask.shape}, weights {w.shape}")
+    mass = float(w[mask].sum())
+    if pull == 0.0 or mass == 0.0:
+        return w
+    with np.errstate(divide="ignore"):
+        log_mix = (1.0 - pull) * np.log(w[mask]) + pull * np.log(a[mask])
+    if np.all(log_mix == -np.inf):  # the anchor and the weights share no domain: keep the weights
+        return w
+    out = w.copy()
+    out[mask] = mass * log_normalize(log_mix)
+    return out

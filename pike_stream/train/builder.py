@@ -123,7 +123,8 @@ def _pike(cfg: TrainConfig) -> Any:
     try:
         algorithm = PiKE(strategy=pike.strategy, update_interval=pike.update_interval,
                          warmup_steps=pike.warmup_steps, probe_samples=pike.probe_samples,
-                         initial_weights=cfg.train_loader.weights, ema=pike.ema,
+                         initial_weights=cfg.train_loader.weights, ema=pike.ema, pull=pike.pull,
+                         allow_changes=pike.allow_changes,
                          sketch_dim=pike.sketch_dim, conflict_threshold=pike.conflict_threshold,
                          **pike.strategy_options)
     except (TypeError, ValueError) as error:

@@ -28,6 +28,7 @@ from pike_stream.controller import (
     DEFAULT_CONFLICT_THRESHOLD,
     DEFAULT_EMA,
     DEFAULT_PROBE_SAMPLES,
+    DEFAULT_PULL,
     DEFAULT_UPDATE_INTERVAL,
 )
 from pike_stream.mixing import STRATEGIES
@@ -149,6 +150,8 @@ class PiKEConfig:
     warmup_steps: int = 0
     probe_samples: int = DEFAULT_PROBE_SAMPLES
     ema: float = DEFAULT_EMA
+    pull: float = DEFAULT_PULL
+    allow_changes: bool = False
     sketch_dim: int = 256
     conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD
     strategy_options: dict[str, Any] = field(default_factory=dict)
