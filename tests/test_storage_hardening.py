@@ -1,6 +1,7 @@
 """The embedded S3 server's security and life cycle under faults, against real ``weed`` processes.
 
-* Without a key, no port the server opens on 127.0.0.1 lists, reads, writes, deletes or assigns.
+* Without a key, no port the server opens on 127.0.0.1 lists, reads, writes, deletes or assigns, and
+  its gRPC ports take only its own client certificate.
 * Its files are the owner's only, even in a folder that existed with looser permissions.
 * A start interrupted after spawning weed (SIGTERM, Ctrl-C, an exception) leaves no weed running.
 * ``pike-stream s3 stop`` ends a server that is alive but does not answer (SIGSTOPped).
@@ -12,6 +13,8 @@ import http.client
 import json
 import os
 import signal
+import socket
+import ssl
 import stat
 import struct
 import subprocess
@@ -223,12 +226,15 @@ def test_files_are_private_even_in_a_folder_that_existed_looser(data_dir: Path) 
             if mode != (0o700 if path.is_dir() else 0o600):
                 loose.append(f"{path.relative_to(data_dir.parent)}: {mode:04o}")
         assert loose == []
+        assert server.ports is not None
+        sockets = [path for path in server.ports.local_sockets() if path.exists()]
+        assert sockets and all(stat.S_IMODE(path.stat().st_mode) & 0o077 == 0 for path in sockets)
         names = {path.name for path in data_dir.iterdir()} | {path.name for path in (data_dir / "config").iterdir()}
         assert {"weed.log", "lock", "server.json", "credentials.json", "s3-identities.json", "security.toml"} <= names
         # The JWT keys are new at every start and never part of the log.
         security = (data_dir / "config" / "security.toml").read_text()
         assert 'key = ""' not in security
-        keys = [line.split('"')[1] for line in security.splitlines() if line.startswith("key = ")]
+        keys = [line.split("\"")[1] for line in security.splitlines() if line.startswith("key = ") and ".pem" not in line]
         assert len(keys) == 4 and not any(k in (data_dir / "weed.log").read_text() for k in keys)
     finally:
         server.stop(grace_s=0.0)
@@ -303,7 +309,9 @@ def test_a_start_failing_with_an_exception_after_spawn_leaves_no_weed(data_dir: 
         signal.signal(signal.SIGALRM, previous)
     assert not server.running and server.pid is None
     assert _weed_pids(data_dir) == []
-    assert json.loads((data_dir / "server.json").read_text())["pid"] is None
+    # Raised inside Popen (weed forked, its pid not yet known) there is no state yet; after, it has no pid.
+    state = data_dir / "server.json"
+    assert not state.exists() or json.loads(state.read_text())["pid"] is None
     assert EmbeddedS3.attach(data_dir, check_s3=False) is None
     # The folder starts normally afterwards.
     again = EmbeddedS3(data_dir).start()
@@ -335,3 +343,38 @@ def test_stop_ends_a_server_that_is_alive_but_does_not_answer(
     finally:
         if pid in _weed_pids(server.data_dir):
             os.kill(pid, signal.SIGKILL)  # works on a stopped process too
+
+
+def _grpc_over_tls(port: int, cert: tuple[Path, Path] | None) -> bytes:
+    """What a gRPC port sends back after the HTTP/2 preface over TLS (presenting ``cert`` or no
+    certificate); b"" if it closed the connection or refused the handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(preface)
+            return tls.recv(4096)
+    except (OSError, ssl.SSLError):
+        return b""
+
+
+def test_grpc_ports_require_the_servers_own_client_certificate(fresh_s3_server: EmbeddedS3) -> None:
+    ports = fresh_s3_server.ports
+    assert ports is not None
+    config = fresh_s3_server.data_dir / "config"
+    own = (config / "grpc-cert.pem", config / "grpc-key.pem")
+    for port in (ports.master_grpc, ports.volume_grpc, ports.filer_grpc, ports.s3_grpc):
+        assert _grpc_over_tls(port, None) == b"", f"gRPC port {port} answered without a client certificate"
+        assert _grpc_over_tls(port, own) != b"", f"gRPC port {port} did not answer with the server's certificate"
+        # Plain (no TLS) gRPC is refused too.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            try:
+                reply = raw.recv(4096)
+            except OSError:
+                reply = b""
+            assert not reply.startswith(b"\x00\x00"), f"gRPC port {port} spoke HTTP/2 in the clear"

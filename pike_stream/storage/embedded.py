@@ -7,24 +7,24 @@ The data folder holds everything the server needs and nothing else does::
 
     credentials.json   the generated keys (admin, optionally read-only), mode 0600
     s3-identities.json weed's -s3.config identities, written from credentials.json, mode 0600
-    config/            weed's -config_dir: master.toml (one volume per new bucket) and security.toml
-                       (JWT signing keys, new random ones at every start)
+    config/            weed's -config_dir: master.toml (one volume per new bucket), security.toml (JWT
+                       signing keys) and grpc-*.pem (gRPC mutual TLS), all new at every start
     weed/              volumes, filer metadata, master state
     weed.log           weed's log (rotated once past 20 MB)
     server.json        pid (from the moment weed is spawned), ports and endpoint of the last start
     lock               serializes starts and stops across processes
 
 Every file there is 0600 and every folder 0700 (made so at each start, also where they existed looser;
-weed runs with umask 077), so only the owner can read the keys or the data.
+weed runs with umask 077, so its volumes and its Unix sockets in /tmp are the owner's only too).
 
-Only the S3 port serves data, and only to the keys. The other ports weed opens on 127.0.0.1 are made
-useless without a key: the master's and the filer's HTTP APIs are off (``-disableHttp``: no
-``/dir/assign``, no filer listing, upload or delete), and the volume server accepts reads, writes
-and deletes only with a JWT signed by ``security.toml``'s keys (``jwt.signing.key``,
-``jwt.signing.read.key``; the filer's ``jwt.filer_signing*`` keys are set too). Not covered: the
-gRPC ports are unauthenticated (SeaweedFS protects them only with mTLS certificates), so a local user
-who speaks gRPC to them can reach the data; the master's status page and the volume server's
-``/status`` show the topology (volume ids and collection, that is bucket, names) to anyone local.
+Only the S3 port serves data, and only to the keys. The other ports weed opens on 127.0.0.1 are useless
+without the files in ``config/``: the master's and the filer's HTTP APIs are off (``-disableHttp``: no
+``/dir/assign``, no filer listing, upload or delete); the volume server reads, writes and deletes only
+with a JWT signed by ``security.toml``'s keys (``jwt.signing.key``, ``jwt.signing.read.key``; the filer's
+``jwt.filer_signing*`` keys are set too); every gRPC port requires a client certificate signed by this
+start's own authority (mutual TLS). Not covered: the master's status page and the volume server's
+``/status`` show the topology (volume ids and collection, that is bucket, names) to any local process,
+and the owner of the folder (or root) can read everything in it.
 
 Choices forced by SeaweedFS's defaults:
 
@@ -71,6 +71,8 @@ from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+import psutil
 
 from pike_stream.storage.client import s3_client
 from pike_stream.storage.settings import S3Settings, StorageError, redact
@@ -124,7 +126,12 @@ ui = false
 
 [filer.expose_directory_metadata]
 enabled = false
+
+# gRPC: mutual TLS with a certificate made for this start (any gRPC peer must present it).
+[grpc]
+ca = {ca}
 """
+_GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "client")
 _ADMIN_ACTIONS = ["Admin", "Read", "List", "Tagging", "Write"]
 _READ_ONLY_ACTIONS = ["Read", "List"]
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
@@ -254,6 +261,55 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def _write_grpc_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A new certificate authority and one certificate (server and client) signed by it, for weed's
+    gRPC mutual TLS, written 0600 into ``folder``; the authority's key is thrown away."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=3650))
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pike_stream embedded S3 " + secrets.token_hex(4))])
+    ca = (
+        x509.CertificateBuilder(subject_name=ca_name, issuer_name=ca_name, public_key=ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder(
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weed")]),
+            issuer_name=ca_name,
+            public_key=key.public_key(),
+        )
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "grpc-ca.pem", folder / "grpc-cert.pem", folder / "grpc-key.pem"
+    _write_private(paths[0], ca.public_bytes(serialization.Encoding.PEM).decode())
+    _write_private(paths[1], cert.public_bytes(serialization.Encoding.PEM).decode())
+    pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    _write_private(paths[2], key.private_bytes(serialization.Encoding.PEM, pkcs8, none).decode())
+    return paths
+
+
 def _new_key_pair() -> dict[str, str]:
     access = "PIKE" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16))
     return {"access_key_id": access, "secret_access_key": secrets.token_urlsafe(30)}
@@ -309,6 +365,7 @@ class EmbeddedS3:
         self._proc: subprocess.Popen[bytes] | None = None
         self._credentials: dict[str, Any] | None = None
         self._log_offset = 0
+        self._children_before_spawn: set[int] = set()
 
     # ------------------------------------------------------------------ paths and credentials
 
@@ -502,6 +559,7 @@ class EmbeddedS3:
                 pid = self._pid
                 with _signals_blocked(), contextlib.suppress(Exception):
                     self._stop(grace_s=0.0)
+                    pid = self._kill_unrecorded() or pid
                 if not isinstance(exc, StorageError) and pid is not None:
                     log.warning(
                         "start of the embedded S3 server in %s interrupted (%s): killed weed (pid %s)",
@@ -516,8 +574,13 @@ class EmbeddedS3:
         _private_dir(self.data_dir / WEED_DIR)
         config = _private_dir(self.data_dir / CONFIG_DIR)
         _write_private(config / MASTER_TOML, _MASTER_TOML)
-        keys = {name: secrets.token_urlsafe(32) for name in ("volume_write", "volume_read", "filer_write", "filer_read")}
-        _write_private(config / SECURITY_TOML, _SECURITY_TOML.format(**keys))
+        names = ("volume_write", "volume_read", "filer_write", "filer_read")
+        keys = {name: secrets.token_urlsafe(32) for name in names}
+        ca, cert, key = _write_grpc_certificates(config)
+        security = _SECURITY_TOML.format(**keys, ca=json.dumps(str(ca)))
+        for component in _GRPC_COMPONENTS:
+            security += f"\n[grpc.{component}]\ncert = {json.dumps(str(cert))}\nkey = {json.dumps(str(key))}\n"
+        _write_private(config / SECURITY_TOML, security)
         credentials = self._load_credentials()
 
         def identity(name: str, pair: dict[str, str], actions: list[str]) -> dict[str, Any]:
@@ -576,6 +639,24 @@ class EmbeddedS3:
             f"-s3.config={self.data_dir / IDENTITIES_FILE}",
         ]
 
+    def _kill_unrecorded(self) -> int | None:
+        """Kill a weed this process spawned for the folder but never learnt the pid of (an exception
+        inside ``Popen``, after the fork: Popen does not kill its child then); returns its pid."""
+        killed = None
+        deadline = time.monotonic() + 2.0
+        for child in psutil.Process().children():
+            if child.pid in self._children_before_spawn:
+                continue
+            with contextlib.suppress(psutil.Error):
+                # A child forked by the interrupted Popen may not have exec'd weed yet: give it a moment.
+                while not self._is_our_weed(child.pid) and time.monotonic() < deadline and child.is_running():
+                    time.sleep(0.02)
+                if self._is_our_weed(child.pid):
+                    child.kill()
+                    child.wait(10.0)
+                    killed = child.pid
+        return killed
+
     def _spawn(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "WEED_"))}
         env["HOME"] = str(self.data_dir)
@@ -584,6 +665,7 @@ class EmbeddedS3:
         with os.fdopen(fd, "ab") as log_file:
             log_file.write(f"--- pike_stream: starting weed on {HOST}, S3 port {self.ports.s3} ---\n".encode())
             log_file.flush()
+            self._children_before_spawn = {child.pid for child in psutil.Process().children()}
             self._proc = subprocess.Popen(
                 self._command(),
                 cwd=self.data_dir,
