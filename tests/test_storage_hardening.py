@@ -234,7 +234,8 @@ def test_files_are_private_even_in_a_folder_that_existed_looser(data_dir: Path) 
         # The JWT keys are new at every start and never part of the log.
         security = (data_dir / "config" / "security.toml").read_text()
         assert 'key = ""' not in security
-        keys = [line.split("\"")[1] for line in security.splitlines() if line.startswith("key = ") and ".pem" not in line]
+        lines = security.splitlines()
+        keys = [line.split('"')[1] for line in lines if line.startswith("key = ") and ".pem" not in line]
         assert len(keys) == 4 and not any(k in (data_dir / "weed.log").read_text() for k in keys)
     finally:
         server.stop(grace_s=0.0)
