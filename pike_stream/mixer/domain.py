@@ -48,8 +48,9 @@ class Domain:
         split: an optional sub-folder of ``remote``/``local`` (e.g. ``"train"``).
         validate_hash: hash algorithm checked when a shard is downloaded/decompressed; ``"auto"`` picks
             ``xxh64`` (or the first hash the index carries), ``None`` skips the check.
-        download_retry: attempts per file download beyond the first.
-        download_timeout: seconds per file download.
+        download_retry: attempts to download ``index.json`` and ``manifest.json`` (shard downloads are
+            retried by the mixer, transient failures only, for its ``retry_seconds``).
+        download_timeout: seconds per file download (connecting, and each read).
     """
 
     name: str
@@ -111,7 +112,7 @@ class DomainSource:
         return shard, sample_ids - self.shard_bounds[shard]
 
     def read(self, shard: int, index: int) -> np.ndarray:
-        """The ``tokens`` of one sample; its shard must already be local (``ShardCache.ensure``)."""
+        """The ``tokens`` of one sample; its shard must already be local (``ShardCache.open``)."""
         return self.shards[shard].get_item(int(index))["tokens"]
 
     @classmethod
@@ -143,8 +144,8 @@ class DomainSource:
         sizes = np.array([shard.samples for shard in shards], dtype=np.int64)
         source = cls(domain, stream, shards, manifest, np.concatenate([[0], np.cumsum(sizes)]))
         _check_manifest_matches_index(source)
-        usage = np.zeros(len(shards), dtype=np.int64)
-        stream.set_up_local(shards, usage)  # streaming's own view of which shards are already local
+        # No ``stream.set_up_local``: it deletes files it finds in a transient state, which in a cache folder
+        # shared by ranks may be a shard another rank is decompressing. ShardCache checks shards when used.
         return source
 
 

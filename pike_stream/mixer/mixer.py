@@ -18,6 +18,10 @@ deterministic, resumes exactly and never moves the training cursors:
 
     probe ids_k ← probe_order_k[probed_k : probed_k + m];   probed_k += m
     global probe batch = concat_k [(k, id) for id in probe ids_k];   this rank's part = [rank :: world_size]
+
+A step's cursors move only once its batch has been read: a step whose read fails (storage down past
+``retry_seconds``) can be taken again and yields the batch the uninterrupted run gets. ``close()`` (or a
+``with`` block) stops the shard read-ahead threads.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ import math
 import os
 import weakref
 from collections import deque
+from types import TracebackType
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from streaming.base.shuffle import algos as SHUFFLE_ALGOS
+from streaming.base.util import bytes_to_int
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pike_stream.mixer.domain import Domain, DomainSource
@@ -40,7 +47,7 @@ from pike_stream.mixer.shards import ShardCache
 from pike_stream.mixer.state import MixerState, MixerStateError
 from pike_stream.mixing.apportion import apportion
 
-__all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer"]
+__all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size"]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +69,15 @@ class PiKEStreamingMixer(IterableDataset):
         shuffle_algo, shuffle_block_size: mosaicml-streaming's shuffle (``py1e`` keeps shard locality).
         read_ahead: how many upcoming shards of each domain to prepare in the background.
         read_ahead_workers: threads that download/decompress shards (0: fetch only on demand).
-        cache_limit: bytes (or a string like ``"10gb"``) of cached shards of remote domains to keep.
-        retry_seconds: how long a failing shard download is retried (with backoff) before it is an error.
+        cache_limit: bytes (or a string like ``"10gb"``) of cached shards of remote domains to keep, on disk,
+            over all processes sharing the cache folders (ranks of a node); shards in use are kept past it.
+        retry_seconds: how long a shard download failing transiently (endpoint down, 5xx, throttling) is
+            retried (with backoff) before it is an error; other failures (403, 404) are errors at once.
 
     Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
     ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
     ``b = global_batch_size / world_size``. Train for a number of batches/tokens, not epochs.
+    ``with PiKEStreamingMixer(...) as mixer:`` (or :meth:`close`) stops the read-ahead threads at the end.
     """
 
     def __init__(self, domains: Sequence[Domain], global_batch_size: int, seed: int = 0,
@@ -78,6 +88,12 @@ class PiKEStreamingMixer(IterableDataset):
         super().__init__()
         rank, world_size = _resolve_rank(rank, world_size)
         _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
+        if shuffle_algo not in SHUFFLE_ALGOS:
+            raise ValueError(f"shuffle_algo {shuffle_algo!r} is not one of streaming's {sorted(SHUFFLE_ALGOS)}")
+        try:
+            limit = parse_byte_size(cache_limit)
+        except ValueError as error:
+            raise ValueError(f"cache_limit: {error}") from None
         self.domain_names = [d.name for d in domains]
         self.global_batch_size = int(global_batch_size)
         self.seed = int(seed)
@@ -95,9 +111,9 @@ class PiKEStreamingMixer(IterableDataset):
                        for s in self.sources]
         self.probe_orders = [DomainOrder(s.shard_sizes, domain_seed(self.seed, s.name) ^ PROBE_SEED_SALT,
                                          shuffle_algo, shuffle_block_size) for s in self.sources]
-        self.shards = ShardCache(self.sources, workers=read_ahead_workers, cache_limit=_parse_bytes(cache_limit),
+        self.shards = ShardCache(self.sources, workers=read_ahead_workers, cache_limit=limit,
                                  retry_seconds=retry_seconds)
-        weakref.finalize(self, self.shards.close)
+        self._finalizer = weakref.finalize(self, self.shards.close)
 
         k = len(domains)
         self._state = MixerState(0, np.zeros(k, np.int64), np.zeros(k, np.float64), initial, np.zeros(k, np.int64))
@@ -152,20 +168,42 @@ class PiKEStreamingMixer(IterableDataset):
             raise ValueError(f"weights are all zero: {dict(zip(self.domain_names, values.tolist()))}")
         return values / values.sum()
 
+    # ----------------------------------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Stop the shard read-ahead threads (also those waiting to retry a download); reading afterwards is an
+        error. Idempotent; also done when the mixer is garbage-collected."""
+        self._finalizer()
+
+    def __enter__(self) -> "PiKEStreamingMixer":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
     # ----------------------------------------------------------------------------------------- batches
     def compose(self) -> tuple[np.ndarray, np.ndarray]:
         """Decide the next global batch from the weights in force and advance the cursors.
 
         Returns ``(domain, sample_id)`` arrays of length ``global_batch_size``, domain-major. Reads no data.
         """
+        domain, sample_id, counts, carry = self._plan()
+        self._commit(counts, carry)
+        return domain, sample_id
+
+    def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The next global batch and the counts and carries it leaves; the state is not touched."""
         state = self._state
-        self._history.append(state.copy())
         counts, carry = apportion(state.weights, self.global_batch_size, state.carry)
         ids = [order.take(int(state.consumed[k]), int(counts[k])) for k, order in enumerate(self.orders)]
+        return np.repeat(np.arange(len(counts)), counts), np.concatenate(ids), counts, carry
+
+    def _commit(self, counts: np.ndarray, carry: np.ndarray) -> None:
+        state = self._state
+        self._history.append(state.copy())
         state.consumed = state.consumed + counts
         state.carry = carry
         state.step += 1
-        return np.repeat(np.arange(len(counts)), counts), np.concatenate(ids)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if get_worker_info() is not None:
@@ -176,8 +214,14 @@ class PiKEStreamingMixer(IterableDataset):
             yield self.next_batch()
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """Compose the next global batch and read this rank's part of it."""
-        batch = self._read_part(*self.compose())
+        """Compose the next global batch and read this rank's part of it.
+
+        The cursors advance only once the part is read: if reading fails (the error says why), calling
+        again retries the same step.
+        """
+        domain, sample_id, counts, carry = self._plan()
+        batch = self._read_part(domain, sample_id)
+        self._commit(counts, carry)
         self._read_ahead()
         return batch
 
@@ -192,32 +236,40 @@ class PiKEStreamingMixer(IterableDataset):
 
         Returns ``(domain, sample_id)`` arrays of length ``K · samples_per_domain``, domain-major.
         """
-        m = samples_per_domain
+        domain, sample_id = self._plan_probe(samples_per_domain)
+        self._state.probed = self._state.probed + samples_per_domain
+        return domain, sample_id
+
+    def _plan_probe(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
             raise ValueError(f"samples_per_domain must be a positive integer, got {m!r}")
-        state = self._state
-        ids = [order.take(int(state.probed[k]), int(m)) for k, order in enumerate(self.probe_orders)]
-        state.probed = state.probed + m
+        ids = [order.take(int(self._state.probed[k]), int(m)) for k, order in enumerate(self.probe_orders)]
         return np.repeat(np.arange(len(ids)), m), np.concatenate(ids)
 
     def probe_batch(self, samples_per_domain: int) -> dict[str, torch.Tensor]:
         """This rank's part of the next probe batch (:meth:`compose_probe`), in the layout of a training batch.
 
         Every rank must call it at the same steps with the same ``samples_per_domain``: the probe cursors are
-        part of the checkpoint state, so a resumed run draws the same probe batches.
+        part of the checkpoint state, so a resumed run draws the same probe batches. The probe cursors advance
+        only once the part is read.
         """
-        return self._read_part(*self.compose_probe(samples_per_domain))
+        batch = self._read_part(*self._plan_probe(samples_per_domain))
+        self._state.probed = self._state.probed + samples_per_domain
+        return batch
 
     def _read_part(self, domain: np.ndarray, sample_id: np.ndarray) -> dict[str, torch.Tensor]:
         """Read this rank's part (positions ``rank :: world_size``) of a global list of (domain, sample id)."""
         domain, sample_id = domain[self.rank::self.world_size], sample_id[self.rank::self.world_size]
+        if self.shards.closed:
+            raise RuntimeError("this PiKEStreamingMixer is closed")
         tokens = np.empty((len(sample_id), self.seq_len), dtype=np.int64)
         for k in np.unique(domain):
             rows = np.flatnonzero(domain == k)
             shards, within = self.sources[k].locate(sample_id[rows])
-            for row, shard, index in zip(rows, shards, within):
-                self.shards.ensure(int(k), int(shard))
-                tokens[row] = self.sources[k].read(int(shard), int(index))
+            for shard in np.unique(shards):
+                with self.shards.open(int(k), int(shard)):  # local, and not evicted by any rank meanwhile
+                    for row, index in zip(rows[shards == shard], within[shards == shard]):
+                        tokens[row] = self.sources[k].read(int(shard), int(index))
         return {"input_ids": torch.from_numpy(tokens), "domain": torch.from_numpy(domain.astype(np.int64)),
                 "sample_id": torch.from_numpy(sample_id.astype(np.int64))}
 
@@ -306,17 +358,19 @@ def _check_arguments(domains: Sequence[Domain], global_batch_size: int, rank: in
         raise ValueError(f"read_ahead ({read_ahead}) and read_ahead_workers ({read_ahead_workers}) must be ≥ 0")
 
 
-_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
-
-
-def _parse_bytes(value: int | str | None) -> int | None:
-    if value is None or isinstance(value, int):
-        return value
-    text = value.strip().lower()
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if text.endswith(unit):
-            try:
-                return int(float(text[:-len(unit)]) * _UNITS[unit])
-            except ValueError:
-                break
-    raise ValueError(f"cache_limit {value!r} is not a size like 500mb or 10gb")
+def parse_byte_size(value: int | str | None) -> int | None:
+    """Bytes of a size given as an int, an integral float, or a string like ``"500mb"``, ``"10gb"``,
+    ``"1_000_000"`` (streaming's ``bytes_to_int``); None stays None (no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a size in bytes like 1000000, 500mb or 10gb")
+    try:
+        size = bytes_to_int(value.replace("_", "") if isinstance(value, str) else value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size in bytes like 1000000, 500mb or 10gb") from None
+    if size < 0:
+        raise ValueError(f"{value!r} is negative; give a size ≥ 0 bytes")
+    return size

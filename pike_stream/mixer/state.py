@@ -59,34 +59,84 @@ class MixerState:
     @classmethod
     def from_dict(cls, obj: Any, *, names: list[str], fingerprints: list[str], global_batch_size: int, seed: int,
                   shuffle: dict[str, Any]) -> "MixerState":
-        """Check a saved state against this mixer's settings and data, then load it."""
+        """Check a saved state against this mixer's settings and data, then load it.
+
+        A malformed state (a field missing or of the wrong type, e.g. a hand-edited or truncated checkpoint)
+        is a :class:`MixerStateError` naming the field (``domains.en.consumed``), never a bare KeyError.
+        """
         if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
             raise MixerStateError(f"not a PiKEStreamingMixer state (expected format {STATE_FORMAT!r}, got "
                                   f"{obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r})")
         if obj.get("version") not in _READABLE_VERSIONS:
             raise MixerStateError(f"mixer state version {obj.get('version')!r} is not supported "
                                   f"(this pike_stream reads versions {', '.join(map(str, _READABLE_VERSIONS))})")
-        if obj["global_batch_size"] != global_batch_size:
-            raise MixerStateError(f"the checkpoint was made with global_batch_size={obj['global_batch_size']}, "
+        saved_batch = _field(obj, "global_batch_size", int)
+        if saved_batch != global_batch_size:
+            raise MixerStateError(f"the checkpoint was made with global_batch_size={saved_batch}, "
                                   f"this run has {global_batch_size}: the batches would differ")
-        if obj["seed"] != seed:
-            raise MixerStateError(f"the checkpoint was made with seed={obj['seed']}, this run has seed={seed}")
-        if obj["shuffle"] != shuffle:
-            raise MixerStateError(f"the checkpoint was made with shuffle {obj['shuffle']}, this run has {shuffle}")
-        saved = obj["domains"]
+        saved_seed = _field(obj, "seed", int)
+        if saved_seed != seed:
+            raise MixerStateError(f"the checkpoint was made with seed={saved_seed}, this run has seed={seed}")
+        saved_shuffle = _field(obj, "shuffle", dict)
+        if saved_shuffle != shuffle:
+            raise MixerStateError(f"the checkpoint was made with shuffle {saved_shuffle}, this run has {shuffle}")
+        saved = _field(obj, "domains", dict)
         if set(saved) != set(names):
             raise MixerStateError(f"the checkpoint's domains {sorted(saved)} differ from this run's {sorted(names)} "
                                   f"(missing: {sorted(set(saved) - set(names))}, new: "
                                   f"{sorted(set(names) - set(saved))})")
-        if obj["domain_order"] != names:
+        order = _field(obj, "domain_order", list)
+        if order != names:
             raise MixerStateError(f"domains are listed in a different order than in the checkpoint: "
-                                  f"{obj['domain_order']} there, {names} here")
-        changed = [name for name, fp in zip(names, fingerprints) if saved[name]["fingerprint"] != fp]
+                                  f"{order} there, {names} here")
+        version = obj["version"]
+        entries = {n: _field(saved, n, dict, "domains.") for n in names}
+
+        def column(key: str, kind: type, *, default: Any = None) -> list[Any]:
+            return [_field(entries[n], key, kind, f"domains.{n}.", default=default if version < 2 else None)
+                    for n in names]
+
+        changed = [n for n, fp, saved_fp in zip(names, fingerprints, column("fingerprint", str)) if saved_fp != fp]
         if changed:
             raise MixerStateError(f"the data of domain(s) {changed} changed since the checkpoint (manifest "
                                   f"fingerprint differs); resuming would not reproduce the run")
-        return cls(step=int(obj["step"]),
-                   consumed=np.array([saved[n]["consumed"] for n in names], dtype=np.int64),
-                   carry=np.array([saved[n]["carry"] for n in names], dtype=np.float64),
-                   weights=np.array([saved[n]["weight"] for n in names], dtype=np.float64),
-                   probed=np.array([saved[n].get("probed", 0) for n in names], dtype=np.int64))
+        state = cls(step=_field(obj, "step", int),
+                    consumed=np.array(column("consumed", int), dtype=np.int64),
+                    carry=np.array(column("carry", float), dtype=np.float64),
+                    weights=np.array(column("weight", float), dtype=np.float64),
+                    probed=np.array(column("probed", int, default=0), dtype=np.int64))
+        _check_values(state, names)
+        return state
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, prefix: str = "", *, default: Any = None) -> Any:
+    """``obj[key]`` checked to be a ``kind`` (an int counts as a float), or a MixerStateError naming it."""
+    if key not in obj:
+        if default is not None:
+            return default
+        raise MixerStateError(f"malformed mixer state: field {prefix}{key} is missing")
+    value = obj[key]
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+          else isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+    if not ok:
+        raise MixerStateError(f"malformed mixer state: field {prefix}{key} must be {kind.__name__}, "
+                              f"got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _check_values(state: MixerState, names: list[str]) -> None:
+    problems = [f"step is {state.step}"] if state.step < 0 else []
+    for k, name in enumerate(names):
+        if state.consumed[k] < 0:
+            problems.append(f"domains.{name}.consumed is {state.consumed[k]}")
+        if state.probed[k] < 0:
+            problems.append(f"domains.{name}.probed is {state.probed[k]}")
+        if not np.isfinite(state.carry[k]):
+            problems.append(f"domains.{name}.carry is {state.carry[k]}")
+        if not np.isfinite(state.weights[k]) or state.weights[k] < 0:
+            problems.append(f"domains.{name}.weight is {state.weights[k]}")
+    if not problems and state.weights.sum() <= 0:
+        problems.append("the domains' weights are all 0")
+    if problems:
+        raise MixerStateError(f"malformed mixer state: {'; '.join(problems)} (counts must be ≥ 0, weights finite "
+                              f"and ≥ 0, carries finite)")

@@ -3,6 +3,8 @@
 Every S3 client the library makes comes from :func:`s3_client`, so timeouts, retries and addressing
 style are decided here once. :func:`check_access` answers "can this key read (and write) this bucket?"
 before a long job starts, with a :class:`StorageError` that names the variable or bucket to fix.
+:func:`is_transient_error` says which failures are worth retrying (an unreachable or overloaded endpoint)
+and which are not (a rejected key, a missing object, a bug).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pike_stream.storage.settings import (
     StorageError,
 )
 
-__all__ = ["check_access", "explain_client_error", "s3_client"]
+__all__ = ["check_access", "explain_client_error", "is_transient_error", "s3_client"]
 
 _ACCESS_CHECK_PREFIX = ".pike_stream-access-check/"
 
@@ -54,12 +56,14 @@ def _endpoint(settings: S3Settings) -> str:
     return settings.endpoint_url or "AWS S3 (no S3_ENDPOINT_URL set)"
 
 
-def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, operation: str) -> StorageError:
-    """A :class:`StorageError` for a botocore exception raised by ``operation`` on ``bucket``.
+def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, operation: str,
+                         key: str | None = None) -> StorageError:
+    """A :class:`StorageError` for a botocore exception raised by ``operation`` on ``bucket`` (object ``key``).
 
     Unreachable endpoint → names ``S3_ENDPOINT_URL`` and the URL; a rejected key → names
     ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (the secret itself is never shown); a missing bucket →
-    names the bucket; AccessDenied on a write → says the key is read-only for that bucket.
+    names the bucket; a missing object → names ``s3://bucket/key``; AccessDenied on a write → says the key
+    is read-only for that bucket.
     """
     from botocore.exceptions import (
         ClientError,
@@ -101,6 +105,8 @@ def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, 
         )
     if code == "NoSuchBucket" or (code in ("404", "NotFound") and operation == "HeadBucket"):
         return StorageError(f"bucket {bucket!r} does not exist at {endpoint}: create it or fix the s3:// URL")
+    if key is not None and (code in ("NoSuchKey", "NotFound") or (code == "404" and operation != "HeadBucket")):
+        return StorageError(f"object s3://{bucket}/{key} does not exist at {endpoint} ({operation}: {code})")
     if code in ("AccessDenied", "403", "Forbidden"):
         if operation in ("PutObject", "DeleteObject", "CreateBucket"):
             return StorageError(
@@ -115,6 +121,43 @@ def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, 
     return StorageError(
         f"{operation} on bucket {bucket!r} at {endpoint} failed: {code or status} {message}".rstrip()
     )
+
+
+# Error codes of S3 (and S3-compatible servers) that say "try again later".
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+})
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether ``exc`` may go away by itself, so retrying the request later makes sense.
+
+    Transient: the endpoint cannot be reached or dropped the connection (a restarting server), a timeout,
+    a truncated body, an HTTP 5xx, 429 or a throttling code (``SlowDown``). Not transient: a rejected key
+    (403), a missing bucket or object (404, ``NoSuchKey``), missing credentials, and anything else
+    (a bug, a full disk), which retrying would only delay.
+    """
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        IncompleteReadError,
+        NoCredentialsError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return str(error.get("Code", "")) in _TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, NoCredentialsError):
+        return False
+    if isinstance(exc, (BotoConnectionError, ConnectionClosedError, ReadTimeoutError, IncompleteReadError,
+                        ResponseStreamingError)):
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def check_access(settings: S3Settings, bucket: str, write: bool = False) -> None:
