@@ -4,6 +4,8 @@ YAML keys map one-to-one to dataclass fields (llm-foundry's names where it has t
 field is an error naming it and the closest valid key. Command-line overrides ``key=value`` use dotted keys
 and YAML-typed values (``max_duration=20ba algorithms.pike.zeta1=0.5 train_loader.domains.0.split=val``).
 
+Values are read by the field's declared type: a YAML ``1e-4`` (a string to YAML 1.1) is a float where a
+float is expected; a :data:`ByteSize` (``cache_limit``) is a number of bytes or a size like ``10gb``.
 Durations are Composer time strings in batches (``100ba``) or tokens (``1_000_000tok``); tokens are turned
 into whole batches with :meth:`TrainConfig.batches`. Epochs are refused: the mixer is infinite (each domain
 cycles through its own epochs at its own pace), so a training epoch does not exist.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from streaming.base.shuffle import algos as _SHUFFLE_ALGOS
 
 from pike_stream.controller import (
     DEFAULT_CONFLICT_THRESHOLD,
@@ -31,10 +34,12 @@ from pike_stream.controller import (
     DEFAULT_PULL,
     DEFAULT_UPDATE_INTERVAL,
 )
+from pike_stream.mixer.mixer import parse_byte_size
 from pike_stream.mixing import STRATEGIES
 
 __all__ = [
     "AlgorithmsConfig",
+    "ByteSize",
     "ConfigError",
     "DomainConfig",
     "EvalLoaderConfig",
@@ -54,6 +59,10 @@ __all__ = [
 
 class ConfigError(ValueError):
     """The training configuration is invalid; the message names the key (``a.b.c``) and what is wrong."""
+
+
+ByteSize = typing.NewType("ByteSize", int)
+"""A size in bytes: an int, or a string like ``500mb``/``10gb`` (mosaicml-streaming's ``bytes_to_int``)."""
 
 
 @dataclass(kw_only=True)
@@ -111,13 +120,15 @@ class TrainLoaderConfig:
     """The mixer: the domains (their order indexes the batches' ``domain`` field) and its I/O settings.
 
     ``weights`` are the initial weights ``{domain: w}`` (normalised); None lets the strategy choose them.
+    ``cache_limit`` bounds the shard cache of remote domains on disk (bytes, or ``10gb``), shared by the ranks
+    of a node.
     """
 
     domains: list[DomainConfig]
     weights: dict[str, float] | None = None
     read_ahead: int = 2
     read_ahead_workers: int = 4
-    cache_limit: str | int | None = None
+    cache_limit: ByteSize | None = None
     shuffle_algo: str = "py1e"
 
 
@@ -277,6 +288,17 @@ def _check_semantics(cfg: TrainConfig) -> None:
     if cfg.scheduler.name not in _SCHEDULERS:
         raise ConfigError(f"scheduler.name: {cfg.scheduler.name!r} is not one of {', '.join(_SCHEDULERS)}")
     parse_duration(cfg.scheduler.t_warmup, "scheduler.t_warmup", allow_zero=True)
+    for key in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "n_inner"):
+        value = getattr(cfg.model, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"model.{key}: must be positive, got {value}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.optimizer.lr < 0 or cfg.optimizer.eps <= 0 or cfg.optimizer.weight_decay < 0:
+        raise ConfigError(f"optimizer: lr and weight_decay must be ≥ 0 and eps > 0, got lr={cfg.optimizer.lr}, "
+                          f"eps={cfg.optimizer.eps}, weight_decay={cfg.optimizer.weight_decay}")
+    if len(cfg.optimizer.betas) == 2 and not all(0.0 <= b < 1.0 for b in cfg.optimizer.betas):
+        raise ConfigError(f"optimizer.betas: must be in [0, 1), got {cfg.optimizer.betas}")
     if cfg.model.n_embd % cfg.model.n_head:
         raise ConfigError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})")
     if not cfg.train_loader.domains:
@@ -295,11 +317,26 @@ def _check_semantics(cfg: TrainConfig) -> None:
         if cfg.eval_loader.device_batch_size <= 0:
             raise ConfigError(f"eval_loader.device_batch_size: must be positive, got "
                               f"{cfg.eval_loader.device_batch_size}")
-    weights = cfg.train_loader.weights
+        if cfg.eval_loader.max_batches is not None and cfg.eval_loader.max_batches <= 0:
+            raise ConfigError(f"eval_loader.max_batches: must be positive (or null for the whole split), got "
+                              f"{cfg.eval_loader.max_batches}")
+    loader = cfg.train_loader
+    for key in ("read_ahead", "read_ahead_workers"):
+        if getattr(loader, key) < 0:
+            raise ConfigError(f"train_loader.{key}: must be ≥ 0, got {getattr(loader, key)}")
+    if loader.shuffle_algo not in _SHUFFLE_ALGOS:
+        raise ConfigError(f"train_loader.shuffle_algo: {loader.shuffle_algo!r} is not one of "
+                          f"{', '.join(sorted(_SHUFFLE_ALGOS))}")
+    weights = loader.weights
     if weights is not None:
-        names = [d.name for d in cfg.train_loader.domains]
+        names = [d.name for d in loader.domains]
         if set(weights) != set(names):
             raise ConfigError(f"train_loader.weights: must name exactly the domains {names}; got {sorted(weights)}")
+        bad = {n: w for n, w in weights.items() if not math.isfinite(w) or w < 0}
+        if bad:
+            raise ConfigError(f"train_loader.weights: must be finite and ≥ 0, got {bad}")
+        if sum(weights.values()) <= 0:
+            raise ConfigError(f"train_loader.weights: are all 0 ({weights}); give at least one domain weight > 0")
     pike = cfg.algorithms.pike
     if pike is not None:
         if pike.strategy not in STRATEGIES:
@@ -347,7 +384,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             try:
                 return _convert(value, option, path)
             except ConfigError as error:
-                errors.append(str(error))
+                errors.append(error)
         raise errors[-1] if len(errors) == 1 else ConfigError(
             f"{path}: {value!r} is none of {' | '.join(_type_name(o) for o in options)}")
     if _is_dataclass_type(tp):
@@ -366,6 +403,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return {_convert(k, key_tp, path): _convert(v, value_tp, f"{path}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
+    if tp is ByteSize:
+        try:
+            return ByteSize(parse_byte_size(value))
+        except ValueError as error:
+            raise ConfigError(f"{path}: {error}") from None
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -375,6 +417,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(number):
+                    return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

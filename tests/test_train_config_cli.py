@@ -1,0 +1,110 @@
+"""``pike-stream train CONFIG``: YAML values read by their declared type, and a user's config mistake is one
+line on stderr (exit status 2), never a traceback. Run as the user runs it: a subprocess of the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pike_stream.train.config import ConfigError, config_from_dict
+from tests.mds_data import write_domain
+
+DOMAINS = ("a", "b")
+
+
+def _config(root: Path, **loader: Any) -> dict[str, Any]:
+    return {
+        "run_name": "cli",
+        "max_seq_len": 16,
+        "global_train_batch_size": 4,
+        "max_duration": "2ba",
+        "model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 1000},
+        "train_loader": {"domains": [{"name": n, "local": str(root / n)} for n in DOMAINS], **loader},
+        "loggers": {"console": False},
+    }
+
+
+@pytest.fixture(scope="module")
+def domains_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli-domains")
+    for code, name in enumerate(DOMAINS):
+        write_domain(str(root / name), name, 40, code=code, seq_len=16)
+    return root
+
+
+def _train(tmp_path: Path, name: str, cfg: dict[str, Any], *overrides: str) -> subprocess.Popen:
+    path = tmp_path / f"{name}.yaml"
+    # Written as a user writes it: cache_limit: 1000000000 is a YAML int, lr: 1e-3 a YAML 1.1 string.
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "PIKE_STREAM_HOME": str(tmp_path / "home")}
+    return subprocess.Popen([sys.executable, "-m", "pike_stream", "train", str(path), *overrides], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _one_error_line(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, f"exit status {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in err and "Traceback" not in out, err
+    errors = [line for line in err.splitlines() if line.startswith("pike-stream train: error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_config_mistakes_are_one_line_from_the_cli(domains_root, tmp_path):
+    """``cache_limit: 1000000000`` (an int) and ``lr: 1e-3`` are accepted: the run gets as far as its data,
+    whose seq_len (16) differs from max_seq_len (32): that one line is the error. A bad size is one line
+    naming the key (as is every :class:`ConfigError`, checked in-process below)."""
+    good_values = _config(domains_root, cache_limit=1_000_000_000)
+    good_values["optimizer"] = {"lr": "1e-3"}
+    cases = {
+        "int-cache-limit": (good_values, ["max_seq_len=32"],
+                            "max_seq_len=32, but the domains were converted with seq_len 16"),
+        "bad-size": (_config(domains_root, cache_limit="10 parsecs"), [],
+                     "train_loader.cache_limit: '10 parsecs' is not a size in bytes"),
+    }
+    procs = {name: _train(tmp_path, name, cfg, *overrides) for name, (cfg, overrides, _) in cases.items()}
+    for name, (_, _, expected) in cases.items():
+        line = _one_error_line(procs[name])
+        assert expected in line, (name, line)
+
+
+@pytest.mark.parametrize("value, expected", [(1_000_000_000, 1_000_000_000), ("10gb", 10 << 30), ("500mb", 500 << 20),
+                                             ("2_000", 2000), (None, None)])
+def test_cache_limit_is_read_as_a_byte_size(tmp_path, value, expected):
+    assert config_from_dict(_config(tmp_path, cache_limit=value)).train_loader.cache_limit == expected
+
+
+@pytest.mark.parametrize("loader, message", [
+    ({"cache_limit": -5}, r"train_loader\.cache_limit: -5 is negative"),
+    ({"cache_limit": [1]}, r"train_loader\.cache_limit: \[1\] is not a size in bytes"),
+    ({"read_ahead_workers": -1}, r"train_loader\.read_ahead_workers: must be ≥ 0"),
+    ({"shuffle_algo": "py1x"}, r"train_loader\.shuffle_algo: 'py1x' is not one of .*py1e"),
+    ({"weights": {"a": -1, "b": 1}}, r"train_loader\.weights: must be finite and ≥ 0"),
+    ({"weights": {"a": 0, "b": 0}}, r"train_loader\.weights: are all 0"),
+    ({"read_ahead": -1}, r"train_loader\.read_ahead: must be ≥ 0, got -1"),
+])
+def test_mixer_settings_are_checked_with_the_config(tmp_path, loader, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(_config(tmp_path, **loader))
+
+
+def test_model_sizes_must_be_positive(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["model"]["n_head"] = 0  # was a ZeroDivisionError (a traceback from the CLI)
+    with pytest.raises(ConfigError, match=r"model\.n_head: must be positive, got 0"):
+        config_from_dict(cfg)
+
+
+def test_floats_written_without_a_dot_are_floats(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["optimizer"] = {"lr": "3e-4", "eps": "1e-8"}
+    assert config_from_dict(cfg).optimizer.lr == pytest.approx(3e-4)
+    cfg["optimizer"] = {"lr": "fast"}
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: expected float, got 'fast'"):
+        config_from_dict(cfg)
