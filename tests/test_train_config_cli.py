@@ -16,6 +16,7 @@ from pike_stream.train.config import ConfigError, config_from_dict
 from tests.mds_data import write_domain
 
 DOMAINS = ("a", "b")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(root: Path, **loader: Any) -> dict[str, Any]:
@@ -42,7 +43,9 @@ def _train(tmp_path: Path, name: str, cfg: dict[str, Any], *overrides: str) -> s
     path = tmp_path / f"{name}.yaml"
     # Written as a user writes it: cache_limit: 1000000000 is a YAML int, lr: 1e-3 a YAML 1.1 string.
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "PIKE_STREAM_HOME": str(tmp_path / "home")}
+    # This checkout's package, whatever is installed in the environment.
+    path_env = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PIKE_STREAM_HOME": str(tmp_path / "home"), "PYTHONPATH": path_env}
     return subprocess.Popen([sys.executable, "-m", "pike_stream", "train", str(path), *overrides], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
