@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             for bucket in args.bucket:
                 server.create_bucket(bucket)  # idempotent
                 print(f"bucket {bucket} is ready")
-            print('point a shell at it with: eval "$(pike-stream s3 env)"')
+            print('point a shell at it with: eval "$(pike-stream s3 env)"; stop it with `pike-stream s3 stop`; to '
+                  f'start from scratch, stop it and delete {server.data_dir}')
             return 0
         # A live weed of this folder, answering or not: `stop` must end a hung or stopped one too.
         server = EmbeddedS3.attach(data_dir, check_s3=False)

@@ -14,7 +14,9 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,10 +33,12 @@ from composer.optim import (
 from composer.utils import dist, get_device, reproducibility
 
 from pike_stream.mixer import Domain, PiKEStreamingMixer
-from pike_stream.storage import S3Settings, check_access, ensure_storage
+from pike_stream.storage import S3Settings, check_access, ensure_storage, s3_client
+from pike_stream.storage.client import explain_client_error
 from pike_stream.train.config import ConfigError, DomainConfig, TrainConfig
 from pike_stream.train.evaluation import domain_evaluator
 from pike_stream.train.logs import BatchLog, JSONLinesLogger
+from pike_stream.train.records import METRICS_FILENAME
 from pike_stream.train.model import CausalLM
 
 __all__ = ["build_trainer", "prepare_storage"]
@@ -152,8 +156,55 @@ def _evaluators(cfg: TrainConfig, domain_names: list[str]) -> list[Evaluator]:
     return evaluators
 
 
+def _remote_metrics(cfg: TrainConfig) -> tuple[str, str] | None:
+    """``(bucket, key)`` of the run's metrics beside its checkpoints on S3, or None for a local save_folder."""
+    if not (cfg.save_folder and cfg.save_folder.startswith("s3://")):
+        return None
+    where = urlparse(cfg.save_folder.format(run_name=cfg.run_name))
+    return where.netloc, "/".join(part for part in (where.path.strip("/"), METRICS_FILENAME) if part)
+
+
+def _fetch_metrics(cfg: TrainConfig, run_folder: str) -> None:
+    """A run folder without ``metrics.jsonl`` (a fresh clone, another node) gets the copy saved beside the
+    checkpoints, so the resumed run's report covers all of it. Missing there too: nothing to fetch."""
+    remote, local = _remote_metrics(cfg), os.path.join(run_folder, METRICS_FILENAME)
+    if remote is None or os.path.exists(local):
+        return
+    bucket, key = remote
+    settings = S3Settings.from_env()
+    try:
+        body = s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as error:  # noqa: BLE001 - classified below
+        if getattr(error, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return
+        raise explain_client_error(error, settings, bucket, "read the run's metrics", key) from error
+    tmp = local + ".partial"
+    with open(tmp, "wb") as f:
+        f.write(body)
+    os.replace(tmp, local)
+    log.info("fetched the run's metrics (%d bytes) from s3://%s/%s", len(body), bucket, key)
+
+
+def _metrics_uploader(cfg: TrainConfig) -> Callable[[Path], None] | None:
+    """A function that copies ``metrics.jsonl`` beside the run's checkpoints on S3 (None: local save_folder)."""
+    remote = _remote_metrics(cfg)
+    if remote is None:
+        return None
+    bucket, key = remote
+
+    def upload(path: Path) -> None:
+        settings = S3Settings.from_env()
+        try:
+            s3_client(settings).put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        except Exception as error:  # noqa: BLE001 - the run goes on; its checkpoints are what matter
+            log.warning("could not copy the run's metrics to s3://%s/%s: %s", bucket, key,
+                        explain_client_error(error, settings, bucket, "write the run's metrics", key))
+
+    return upload
+
+
 def _loggers(cfg: TrainConfig, run_folder: str) -> list[LoggerDestination]:
-    loggers: list[LoggerDestination] = [JSONLinesLogger(run_folder)]
+    loggers: list[LoggerDestination] = [JSONLinesLogger(run_folder, upload=_metrics_uploader(cfg))]
     if cfg.loggers.progress_bar:
         loggers.append(ProgressBarLogger())
     if cfg.loggers.console:
@@ -222,6 +273,34 @@ def _recover_interrupted_checkpoints(folder: str) -> None:
                     "resuming from it", latest, target or "nothing", newest)
 
 
+def _local_copy_of_remote_latest(cfg: TrainConfig, rank: int) -> str | None:
+    """Where Composer keeps its local copy of a remote ``save_folder``'s ``latest`` checkpoint, or None.
+
+    Composer's autoresume looks for ``os.path.join(save_folder, "latest-rank<r>.pt")`` on the local disk
+    first, and only downloads the remote one when that path does not exist. For ``s3://b/p`` that path is
+    ``./s3:/b/p/latest-rank<r>.pt`` under the working directory: a copy of whatever a previous run in this
+    folder saw last, possibly from another server, or behind checkpoints that another node wrote since.
+    """
+    if not (cfg.autoresume and cfg.save_folder and "://" in cfg.save_folder):
+        return None
+    return os.path.join(cfg.save_folder.format(run_name=cfg.run_name), _LATEST_NAME.replace("rank0", f"rank{rank}"))
+
+
+def forget_local_checkpoint_copy(cfg: TrainConfig, rank: int) -> None:
+    """Remove Composer's local copy of a remote ``latest`` checkpoint (and its folders, when empty), so that
+    autoresume reads object storage, the only record that every node and every clone shares."""
+    path = _local_copy_of_remote_latest(cfg, rank)
+    if path is None:
+        return
+    if os.path.lexists(path):
+        os.remove(path)
+    folder = os.path.dirname(path)
+    try:
+        os.removedirs(folder)  # up to and including the "s3:" folder, as far as they are empty
+    except OSError:
+        pass
+
+
 def build_trainer(cfg: TrainConfig) -> Trainer:
     """Check ``cfg`` against the storage, the data and the world, and build its Composer ``Trainer``."""
     device = get_device(None)
@@ -229,6 +308,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     rank, world_size = dist.get_global_rank(), dist.get_world_size()
     per_rank = _check_batch_sizes(cfg, world_size)
     prepare_storage(cfg)
+    forget_local_checkpoint_copy(cfg, rank)
     if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder:
         if rank == 0:
             _recover_interrupted_checkpoints(cfg.save_folder.format(run_name=cfg.run_name))
@@ -236,6 +316,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     run_folder = cfg.resolved_run_folder
     os.makedirs(run_folder, exist_ok=True)
     if rank == 0:
+        _fetch_metrics(cfg, run_folder)
         with open(os.path.join(run_folder, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1)
 

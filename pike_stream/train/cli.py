@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from composer.utils import dist
@@ -15,6 +16,7 @@ from composer.utils import dist
 from pike_stream.mixer import DomainDataError, MixerStateError, ShardFetchError, ShardIntegrityError
 from pike_stream.storage import StorageError
 from pike_stream.train.config import ConfigError, TrainConfig, load_config
+from pike_stream.train.records import METRICS_FILENAME
 
 __all__ = ["main", "train"]
 
@@ -27,7 +29,7 @@ _USER_ERRORS = (ConfigError, DomainDataError, MixerStateError, ShardFetchError, 
 def train(cfg: TrainConfig) -> None:
     """Train the run ``cfg`` describes to its ``max_duration`` (resuming if configured), then report."""
     from pike_stream.report import write_report
-    from pike_stream.train.builder import build_trainer
+    from pike_stream.train.builder import build_trainer, forget_local_checkpoint_copy
 
     trainer = build_trainer(cfg)
     try:
@@ -41,7 +43,12 @@ def train(cfg: TrainConfig) -> None:
             trainer.fit()
     finally:
         trainer.close()
+        forget_local_checkpoint_copy(cfg, dist.get_global_rank())
     if dist.get_global_rank() == 0:
+        if not os.path.exists(os.path.join(cfg.resolved_run_folder, METRICS_FILENAME)):
+            print(f"no metrics in the run folder {cfg.resolved_run_folder} (the run was trained elsewhere, and its "
+                  f"save_folder holds none): no report", flush=True)
+            return
         summary, paths = write_report(cfg.resolved_run_folder)
         print(f"\n{summary.table()}\n\nweights: {paths['weights']}\nlosses:  {paths['losses']}\n"
               f"report:  {paths['report']}", flush=True)

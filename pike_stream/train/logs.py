@@ -96,10 +96,16 @@ class _AppendedLines:
 
 
 class JSONLinesLogger(LoggerDestination):
-    """Appends every metric logged on rank 0 to ``<folder>/metrics.jsonl`` (one flushed line per call)."""
+    """Appends every metric logged on rank 0 to ``<folder>/metrics.jsonl`` (one flushed line per call).
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    With ``upload`` (a function given the file's path, e.g. one that copies it beside a remote
+    ``save_folder``'s checkpoints), the file is uploaded at every checkpoint and at the end of training, so a
+    run resumed elsewhere (another node, a fresh clone) can fetch the metrics that go with its checkpoint.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], upload: Callable[[Path], None] | None = None) -> None:
         self.path = Path(folder) / METRICS_FILENAME
+        self.upload = upload
         self._lines = _AppendedLines()
 
     def fit_start(self, state: State, logger: Logger) -> None:
@@ -116,6 +122,16 @@ class JSONLinesLogger(LoggerDestination):
         values = {key: _number(value) for key, value in metrics.items() if not key.startswith("time/")}
         if self._lines.is_open and values:
             self._lines.write({"step": step, **values})
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        self._upload()
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._upload()
+
+    def _upload(self) -> None:
+        if self.upload is not None and self._lines.is_open and self.path.exists():
+            self.upload(self.path)
 
     def close(self, state: State, logger: Logger) -> None:
         self._lines.close()
