@@ -391,3 +391,16 @@ def test_different_seq_len(data_root, tmp_path):
     with pytest.raises(ValueError, match="different seq_len"):
         PiKEStreamingMixer([Domain("en", local=os.path.join(data_root, "en")),
                             Domain("long", local=str(tmp_path / "long"))], global_batch_size=8)
+
+
+def test_the_shard_cache_and_the_embedded_server_share_one_data_home(monkeypatch, tmp_path) -> None:
+    from pike_stream.mixer.domain import default_cache_root
+    from pike_stream.storage import default_data_dir
+
+    monkeypatch.delenv("PIKE_STREAM_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root() == str(tmp_path / "xdg" / "pike_stream" / "shards")
+    assert default_data_dir() == tmp_path / "xdg" / "pike_stream" / "s3"
+    monkeypatch.setenv("PIKE_STREAM_HOME", str(tmp_path / "home"))
+    assert default_cache_root() == str(tmp_path / "home" / "shards")
+    assert default_data_dir() == tmp_path / "home" / "s3"

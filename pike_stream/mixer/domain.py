@@ -20,6 +20,8 @@ from streaming.base.format.base.reader import Reader
 from streaming.base.stream import Stream
 from streaming.base.world import World
 
+from pike_stream.home import data_home
+
 __all__ = ["Domain", "DomainSource", "DomainDataError", "default_cache_root"]
 
 MANIFEST_BASENAME = "manifest.json"
@@ -31,9 +33,9 @@ class DomainDataError(ValueError):
 
 
 def default_cache_root() -> str:
-    """Where remote domains are cached when no ``local`` folder is given: ``$PIKE_STREAM_HOME/shards``."""
-    home = os.environ.get("PIKE_STREAM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "pike_stream")
-    return os.path.join(home, "shards")
+    """Where remote domains are cached when no ``local`` folder is given: ``shards/`` in the data home
+    (:func:`pike_stream.home.data_home`)."""
+    return str(data_home() / "shards")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from pike_stream.home import data_home
 from pike_stream.storage.embedded import EmbeddedS3
 from pike_stream.storage.settings import ENV_ACCESS_KEY_ID, ENV_ENDPOINT_URL, S3Settings
 
@@ -19,17 +20,10 @@ __all__ = ["default_data_dir", "ensure_storage", "start_or_attach"]
 
 log = logging.getLogger(__name__)
 
-ENV_HOME = "PIKE_STREAM_HOME"
-
-
 def default_data_dir() -> Path:
-    """Where the default embedded server keeps its data: ``$PIKE_STREAM_HOME/s3``, else
-    ``$XDG_CACHE_HOME/pike_stream/s3``, else ``~/.cache/pike_stream/s3``."""
-    home = os.environ.get(ENV_HOME, "").strip()
-    if home:
-        return Path(home).expanduser() / "s3"
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
-    return Path(cache).expanduser() / "pike_stream" / "s3"
+    """Where the default embedded server keeps its data: ``s3/`` in the data home
+    (:func:`pike_stream.home.data_home`)."""
+    return data_home() / "s3"
 
 
 def start_or_attach(data_dir: str | os.PathLike[str]) -> tuple[EmbeddedS3, bool]:
