@@ -16,9 +16,11 @@ from tests.test_mixer import B, SIZES, run
 from tests.test_mixer_s3 import upload_folder
 
 
-def test_storage_outage_mid_run_loses_nothing(fresh_s3_server, monkeypatch, tmp_path, caplog):
+@pytest.mark.parametrize("read_ahead", [0, 2], ids=["no-read-ahead", "read-ahead-threads"])
+def test_storage_outage_mid_run_loses_nothing(fresh_s3_server, monkeypatch, tmp_path, caplog, read_ahead):
     """Kill the S3 server while the mixer still has shards to fetch, restart it 4 s later: the mixer waits
-    (retrying with backoff, warning with the domain and shard) and its batches equal an uninterrupted run's."""
+    (retrying with backoff, warning with the domain and shard) and its batches equal an uninterrupted run's,
+    also while read-ahead threads are fetching the next steps' shards."""
     server = fresh_s3_server
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
@@ -29,7 +31,8 @@ def test_storage_outage_mid_run_loses_nothing(fresh_s3_server, monkeypatch, tmp_
         upload_folder(server.settings, "outage", str(source / name), name)
     local = PiKEStreamingMixer([Domain(n, local=str(source / n)) for n in SIZES], global_batch_size=B, seed=7)
     remote = PiKEStreamingMixer([Domain(n, remote=f"s3://outage/{n}", local=str(tmp_path / "cache" / n))
-                                 for n in SIZES], global_batch_size=B, seed=7, read_ahead=0, read_ahead_workers=0)
+                                 for n in SIZES], global_batch_size=B, seed=7, read_ahead=read_ahead,
+                                read_ahead_workers=read_ahead)
     head = run(remote, 0, 3)
     server.stop(grace_s=0.0)  # SIGKILL: the shards not fetched yet are unreachable now
     restarted = threading.Event()
@@ -45,6 +48,7 @@ def test_storage_outage_mid_run_loses_nothing(fresh_s3_server, monkeypatch, tmp_
     assert restarted.is_set() and time.monotonic() - started > 3, "the run must have waited for the server"
     assert head + tail == run(local, 0, 40)
     assert any("cannot fetch shard" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+    remote.close()
     EmbeddedS3.attach(server.data_dir).stop(grace_s=0.0)
 
 
