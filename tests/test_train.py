@@ -114,8 +114,9 @@ def _last_step(run_folder: Path) -> int:
     return max(steps, default=-1)
 
 
-def _run_and_kill(command: list[str], cwd: Path, run_folder: Path, kill_at: int, timeout: float = 300) -> None:
-    """Start ``command``; SIGKILL its whole process group once batch ``kill_at`` has been logged."""
+def _run_and_kill(command: list[str], cwd: Path, run_folder: Path, kill_at: int, timeout: float = 300,
+                  delay: float = 0.0) -> None:
+    """Start ``command``; SIGKILL its whole process group ``delay`` seconds after batch ``kill_at`` was logged."""
     log_path = cwd / "killed-run.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=log_file, stderr=subprocess.STDOUT,
@@ -126,6 +127,7 @@ def _run_and_kill(command: list[str], cwd: Path, run_folder: Path, kill_at: int,
                 assert proc.poll() is None, f"training ended before step {kill_at}:\n{log_path.read_text()[-6000:]}"
                 assert time.monotonic() < deadline, f"no step {kill_at} in {timeout} s:\n{log_path.read_text()[-6000:]}"
                 time.sleep(0.02)
+            time.sleep(delay)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -369,6 +371,42 @@ def test_sigkill_and_rerun_reproduce_the_uninterrupted_run(s3_env: Any, s3_bucke
     again = _run(command, resumed)
     assert "already trained 16 of max_duration=16ba steps" in again and "weights:" in again
     assert _metrics_by_step(resumed, prefixes) == expected
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments_resume_to_the_uninterrupted_run(s3_env: Any, s3_bucket: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 in_process_dist: None) -> None:
+    """Two SIGKILLs at random moments (a random step, then a random fraction of a second: mid-step, mid-
+    evaluation or mid-upload of a checkpoint to S3), each followed by the same command. The seed is new on
+    every run and printed; ``PIKE_STREAM_KILL_SEED=<seed>`` replays a failure."""
+    import random
+
+    from pike_stream.train import load_config, train
+
+    seed = int(os.environ.get("PIKE_STREAM_KILL_SEED") or random.SystemRandom().randrange(2 ** 31))
+    rng = random.Random(seed)
+    first = rng.randint(3, 9)
+    kills = [(first, rng.uniform(0, 0.4)), (rng.randint(first + 2, 17), rng.uniform(0, 0.4))]
+    print(f"PIKE_STREAM_KILL_SEED={seed}: kills after steps {[k for k, _ in kills]}, "
+          f"{[round(d, 2) for _, d in kills]} s later", file=sys.stderr)
+    monkeypatch.setenv("PIKE_STREAM_HOME", str(tmp_path / "home"))
+    _upload_domains(tmp_path / "data", s3_bucket, s3_env.settings)
+    path = _write_yaml(tmp_path / "tiny.yaml", _config(s3_bucket, max_duration="24ba", eval_interval="8ba",
+                                                       save_interval="3ba"))
+    reference = tmp_path / "reference"
+    train(load_config(path, [f"run_folder={reference}", f"save_folder={reference / 'ckpt'}"]))
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    command = _train_command(path, f"run_folder={resumed}", f"save_folder=s3://{s3_bucket}/ckpt/random-kills",
+                             "autoresume=true")
+    for step, delay in kills:
+        _run_and_kill(command, resumed, resumed, kill_at=step, delay=delay)
+    _run(command, resumed)
+    _assert_same_batches(reference, resumed, 24)
+    prefixes = ("pike/", "loss/", "metrics/")
+    assert _metrics_by_step(resumed, prefixes) == _metrics_by_step(reference, prefixes), f"seed {seed}"
 
 
 @pytest.mark.slow
