@@ -10,6 +10,8 @@ from converters.sources import FORMATS
 
 __all__ = ["build_parser", "main"]
 
+INTERRUPTED_STATUS = 130  # a shell's status for a command ended by SIGINT (128 + 2)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pike-stream convert`` argument parser."""
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pike-stream convert``; 0 on success, 1 on a conversion error (printed to stderr)."""
+    """Run ``pike-stream convert``; 0 on success, 1 on a conversion error (printed to stderr), 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     from converters.conversion import DEFAULT_SIZE_LIMIT_MB, convert  # imports streaming (and torch): after --help
 
@@ -50,4 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as exc:
         print(f"pike-stream convert: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"pike-stream convert: interrupted; the partial output was removed, nothing half-written is left "
+              f"at {args.out}: rerun the same command to convert it", file=sys.stderr)
+        return INTERRUPTED_STATUS
     return 0

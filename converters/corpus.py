@@ -278,4 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as exc:
         print(f"pike-stream corpus: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.command == "convert":
+            print("pike-stream corpus convert: interrupted; the domain being converted was removed (the ones "
+                  "finished before it are complete), nothing half-written is left: rerun the command with "
+                  "--overwrite to convert them all", file=sys.stderr)
+        else:
+            print(f"pike-stream corpus build: interrupted; rerun the command to finish {args.out} (downloaded "
+                  f"packages are kept)", file=sys.stderr)
+        return 130
     return 0

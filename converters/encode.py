@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -131,6 +132,9 @@ _WORKER_ENCODER: UnitEncoder | None = None
 
 def _init_worker(tokenizer: str, text_field: str) -> None:
     global _WORKER_ENCODER
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the conversion and ends the
+    # pool; a worker that handled it too would print its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_ENCODER = UnitEncoder(load_tokenizer(tokenizer), text_field)
 
 

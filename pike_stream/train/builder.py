@@ -33,57 +33,22 @@ from composer.optim import (
 from composer.utils import dist, get_device, reproducibility
 
 from pike_stream.mixer import Domain, PiKEStreamingMixer
-from pike_stream.storage import S3Settings, check_access, ensure_storage, s3_client
+from pike_stream.storage import S3Settings, s3_client
 from pike_stream.storage.client import explain_client_error
 from pike_stream.train.config import ConfigError, DomainConfig, TrainConfig
 from pike_stream.train.evaluation import domain_evaluator
 from pike_stream.train.logs import BatchLog, JSONLinesLogger
+from pike_stream.train.preflight import CONFIG_FILENAME, check_run_folder, prepare_storage
 from pike_stream.train.records import METRICS_FILENAME
 from pike_stream.train.model import CausalLM
 
-__all__ = ["build_trainer", "prepare_storage"]
+__all__ = ["CONFIG_FILENAME", "build_trainer", "check_run_folder", "prepare_storage"]
 
 log = logging.getLogger(__name__)
 
 
 def _domain(cfg: DomainConfig) -> Domain:
     return Domain(name=cfg.name, remote=cfg.remote, local=cfg.local, split=cfg.split)
-
-
-def _s3_buckets(cfg: TrainConfig) -> tuple[set[str], str | None]:
-    """Buckets the domains are read from, and the bucket checkpoints are written to (if on S3)."""
-    domains = cfg.train_loader.domains + (cfg.eval_loader.domains if cfg.eval_loader else [])
-    read = {urlparse(d.remote).netloc for d in domains if d.remote and d.remote.startswith("s3://")}
-    if cfg.load_path and cfg.load_path.startswith("s3://"):
-        read.add(urlparse(cfg.load_path).netloc)
-    save = urlparse(cfg.save_folder).netloc if cfg.save_folder and cfg.save_folder.startswith("s3://") else None
-    return read, save
-
-
-def prepare_storage(cfg: TrainConfig) -> None:
-    """Make every ``s3://`` location of the run usable, or fail naming the bucket and what to fix.
-
-    With ``S3_ENDPOINT_URL`` unset and any ``s3://`` location in the config, the embedded S3 server is
-    started (or the running one reused) first. A local ``save_folder`` is created and checked writable.
-    """
-    read, save = _s3_buckets(cfg)
-    if read or save:
-        settings = ensure_storage()
-        if dist.get_local_rank() == 0:
-            for bucket in sorted(read - {save}):
-                check_access(settings, bucket)
-            if save:
-                check_access(settings, save, write=True)
-        log.info("S3 endpoint: %s", S3Settings.from_env().endpoint_url or "AWS S3")
-    folder = cfg.save_folder
-    if folder and "://" not in folder:
-        folder = folder.format(run_name=cfg.run_name)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"save_folder: cannot create {folder}: {error.strerror}") from error
-        if not os.access(folder, os.W_OK):
-            raise ConfigError(f"save_folder: {folder} is not writable")
 
 
 def _check_batch_sizes(cfg: TrainConfig, world_size: int) -> int:
@@ -213,6 +178,13 @@ def _loggers(cfg: TrainConfig, run_folder: str) -> list[LoggerDestination]:
     return loggers
 
 
+def _save_config(cfg: TrainConfig, run_folder: str) -> None:
+    path = os.path.join(run_folder, CONFIG_FILENAME)
+    with open(path + ".partial", "w") as f:
+        json.dump(asdict(cfg), f, indent=1)
+    os.replace(path + ".partial", path)
+
+
 SYMLINK_RETRY_SECONDS = 2.0
 
 
@@ -301,13 +273,18 @@ def forget_local_checkpoint_copy(cfg: TrainConfig, rank: int) -> None:
         pass
 
 
-def build_trainer(cfg: TrainConfig) -> Trainer:
-    """Check ``cfg`` against the storage, the data and the world, and build its Composer ``Trainer``."""
+def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
+    """Check ``cfg`` against the storage, the data and the world, and build its Composer ``Trainer``.
+
+    ``preflight=False``: the caller has run :func:`check_run_folder` and :func:`prepare_storage` already.
+    """
     device = get_device(None)
     dist.initialize_dist(device)
     rank, world_size = dist.get_global_rank(), dist.get_world_size()
     per_rank = _check_batch_sizes(cfg, world_size)
-    prepare_storage(cfg)
+    if preflight:
+        check_run_folder(cfg)
+        prepare_storage(cfg)
     forget_local_checkpoint_copy(cfg, rank)
     if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder:
         if rank == 0:
@@ -317,8 +294,6 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     os.makedirs(run_folder, exist_ok=True)
     if rank == 0:
         _fetch_metrics(cfg, run_folder)
-        with open(os.path.join(run_folder, "config.json"), "w") as f:
-            json.dump(asdict(cfg), f, indent=1)
 
     reproducibility.seed_all(cfg.seed)  # the same initial model on every rank and in every rerun
     domains = [_domain(d) for d in cfg.train_loader.domains]
@@ -362,7 +337,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         train_dataloader=mixer.dataloader(),
         max_duration=f"{max_batches}ba",
         eval_dataloader=evaluators or None,
-        eval_interval=f"{cfg.batches(cfg.eval_interval or cfg.max_duration, 'eval_interval')}ba",
+        # Without evaluators, Composer's default (an eval_interval would only draw its "has no effect" warning).
+        eval_interval=f"{cfg.batches(cfg.eval_interval or cfg.max_duration, 'eval_interval')}ba" if evaluators else 1,
         optimizers=optimizer,
         schedulers=_scheduler(cfg),
         algorithms=algorithms,
@@ -387,6 +363,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         precision=cfg.precision,
     )
     _check_latest_symlink_often(trainer)
+    if rank == 0:  # only once every check passed and the checkpoint (if any) was loaded
+        _save_config(cfg, run_folder)
     step = int(trainer.state.timestamp.batch)
     if step:
         log.info("resumed at step %d of %d: mixer at step %d, weights %s", step, max_batches, mixer.step,

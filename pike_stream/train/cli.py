@@ -2,36 +2,71 @@
 
 Reads and checks the config, builds the Composer ``Trainer``, trains, and on rank 0 prints the learned
 weights and per-domain validation losses with the paths of the report's plots.
+
+A mistake the user can fix (the config, the storage, the data) is one line on stderr and exit status 2; the
+config is read before Composer and torch are imported, so a config mistake is answered at once. Ctrl-C is one
+line and exit status 130: during training it names the step reached and how the run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import logging.handlers
 import os
 import sys
+from collections.abc import Iterator
 
-from composer.utils import dist
-
-from pike_stream.mixer import DomainDataError, MixerStateError, ShardFetchError, ShardIntegrityError
 from pike_stream.storage import StorageError
 from pike_stream.train.config import ConfigError, TrainConfig, load_config
 from pike_stream.train.records import METRICS_FILENAME
 
-__all__ = ["main", "train"]
+__all__ = ["TrainingInterrupted", "main", "train"]
 
 log = logging.getLogger("pike_stream.train")
 
-# Errors whose message says what to fix: printed without a traceback.
-_USER_ERRORS = (ConfigError, DomainDataError, MixerStateError, ShardFetchError, ShardIntegrityError, StorageError)
+INTERRUPTED_STATUS = 130  # a shell's status for a command ended by SIGINT (128 + 2)
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped by Ctrl-C (SIGINT); the message says which step it reached and how to resume."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to fix: printed as one line, without a traceback."""
+    from pike_stream.mixer import DomainDataError, MixerStateError, ShardFetchError, ShardIntegrityError
+
+    return ConfigError, DomainDataError, MixerStateError, ShardFetchError, ShardIntegrityError, StorageError
+
+
+def _resume_hint(cfg: TrainConfig) -> str:
+    if not cfg.save_folder:
+        return "no save_folder is set, so the run starts over when rerun"
+    where = cfg.save_folder.format(run_name=cfg.run_name)
+    if cfg.autoresume:
+        return f"rerun the same command to resume from the last checkpoint in {where}"
+    return f"checkpoints are in {where}: rerun with autoresume=true to resume from the last one"
 
 
 def train(cfg: TrainConfig) -> None:
-    """Train the run ``cfg`` describes to its ``max_duration`` (resuming if configured), then report."""
+    """Train the run ``cfg`` describes to its ``max_duration`` (resuming if configured), then report.
+
+    Raises :class:`TrainingInterrupted` (after closing the trainer) if Ctrl-C stops training.
+    """
+    from pike_stream.train.preflight import check_domains, check_run_folder, prepare_storage
+
+    with _held_logs():  # before Composer and torch are imported: these mistakes are answered in seconds
+        check_run_folder(cfg)
+        prepare_storage(cfg)
+        check_domains(cfg)
+
+    from composer.utils import dist
+
     from pike_stream.report import write_report
     from pike_stream.train.builder import build_trainer, forget_local_checkpoint_copy
 
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, preflight=False)
     try:
         done, target = int(trainer.state.timestamp.batch), cfg.batches(cfg.max_duration, "max_duration")
         if done >= target:
@@ -40,7 +75,14 @@ def train(cfg: TrainConfig) -> None:
                 print(f"the run already trained {done} of max_duration={cfg.max_duration} steps (checkpoints in "
                       f"{cfg.save_folder}); nothing to train. Raise max_duration to continue it.", flush=True)
         else:
-            trainer.fit()
+            try:
+                trainer.fit()
+            except (KeyboardInterrupt, SystemExit) as stop:
+                # Composer turns SIGINT into sys.exit(130) (composer.core.engine), so atexit hooks run.
+                if isinstance(stop, SystemExit) and stop.code != INTERRUPTED_STATUS:
+                    raise
+                step = int(trainer.state.timestamp.batch)
+                raise TrainingInterrupted(f"interrupted at step {step} of {target}; {_resume_hint(cfg)}") from None
     finally:
         trainer.close()
         forget_local_checkpoint_copy(cfg, dist.get_global_rank())
@@ -54,9 +96,32 @@ def train(cfg: TrainConfig) -> None:
               f"report:  {paths['report']}", flush=True)
 
 
+@contextlib.contextmanager
+def _held_logs() -> Iterator[None]:
+    """Hold the log records of the block; show them if it succeeds, drop them if it raises (its error is
+    then the one line the user sees, not the last of several)."""
+    root = logging.getLogger("pike_stream")
+    handlers = root.handlers[:]
+    held = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
+    root.handlers[:] = [held]
+    try:
+        yield
+    except BaseException:
+        held.buffer.clear()
+        raise
+    finally:
+        root.handlers[:] = handlers
+        for handler in handlers or ([logging.lastResort] if root.propagate is False and logging.lastResort else []):
+            for record in held.buffer:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        held.buffer.clear()
+
+
 def _configure_logging() -> None:
-    rank = dist.get_global_rank() if dist.is_initialized() else None
-    prefix = f"rank{rank}" if rank is not None else "pike-stream"
+    # Composer's launcher tells each rank its number in RANK (read without importing Composer).
+    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    prefix = f"rank{os.environ.get('RANK', '0')}" if several else "pike-stream"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix} %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("pike_stream")
@@ -73,10 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="the YAML config (see yamls/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings that replace the config's")
     args = parser.parse_args(argv)
-    _configure_logging()
     try:
-        train(load_config(args.config, args.overrides))
-    except _USER_ERRORS as error:
-        print(f"pike-stream train: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        try:
+            cfg = load_config(args.config, args.overrides)  # no Composer, no torch yet: a mistake is quick
+        except ConfigError as error:
+            return _error(error)
+        _configure_logging()
+        try:
+            train(cfg)
+        except TrainingInterrupted as stop:
+            print(f"pike-stream train: {stop}", file=sys.stderr, flush=True)
+            return INTERRUPTED_STATUS
+        except (ConfigError, StorageError) as error:  # the preflight's: no import needed to tell them
+            return _error(error)
+        except _user_errors() as error:
+            return _error(error)
+    except (KeyboardInterrupt, SystemExit) as stop:  # SystemExit(130): Composer's SIGINT handler
+        if isinstance(stop, SystemExit) and stop.code != INTERRUPTED_STATUS:
+            raise
+        print("pike-stream train: interrupted before training started; nothing was trained or saved, rerun the "
+              "command to start", file=sys.stderr, flush=True)
+        return INTERRUPTED_STATUS
     return 0
+
+
+def _error(error: BaseException) -> int:
+    print(f"pike-stream train: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    return 2

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from streaming.base.shuffle import algos as _SHUFFLE_ALGOS
 
 from pike_stream.controller import (
     DEFAULT_CONFLICT_THRESHOLD,
@@ -34,7 +33,6 @@ from pike_stream.controller import (
     DEFAULT_PULL,
     DEFAULT_UPDATE_INTERVAL,
 )
-from pike_stream.mixer.mixer import parse_byte_size
 from pike_stream.mixing import STRATEGIES
 
 __all__ = [
@@ -60,6 +58,10 @@ __all__ = [
 class ConfigError(ValueError):
     """The training configuration is invalid; the message names the key (``a.b.c``) and what is wrong."""
 
+
+# mosaicml-streaming's shuffle algorithms (``streaming.base.shuffle.algos``; a test keeps the two equal), named
+# here so that reading a config does not import streaming and torch: a mistake is answered in a second.
+_SHUFFLE_ALGOS = ("naive", "py1br", "py1e", "py1s", "py2s")
 
 ByteSize = typing.NewType("ByteSize", int)
 """A size in bytes: an int, or a string like ``500mb``/``10gb`` (mosaicml-streaming's ``bytes_to_int``)."""
@@ -404,6 +406,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     if tp is ByteSize:
+        from pike_stream.mixer.mixer import parse_byte_size  # imports torch: only for a size that is given
+
         try:
             return ByteSize(parse_byte_size(value))
         except ValueError as error:
@@ -506,16 +510,35 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     ``run_name`` defaults to the YAML file's stem, so rerunning the same file resumes the same run.
     """
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except OSError as error:
-        raise ConfigError(f"cannot read the config {path}: {error.strerror}") from error
+        raise ConfigError(f"cannot read the config {path}: {error.strerror}; give the path of a YAML file "
+                          f"(see yamls/)") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read the config {path}: it is not UTF-8 text (byte {error.start}); give the "
+                          f"path of a YAML file (see yamls/)") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        raise ConfigError(_yaml_error_message(path, error)) from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     data.setdefault("run_name", Path(path).stem)
     return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def _yaml_error_message(path: str | os.PathLike[str], error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: the file, line and column, and what the parser expected."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error)
+    context = getattr(error, "context", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    if context:
+        context_mark = getattr(error, "context_mark", None)
+        if context_mark is not None and (mark is None or context_mark.line != mark.line):
+            context += f" started at line {context_mark.line + 1}"
+        problem = f"{problem} ({context})"
+    return " ".join(f"{where}: invalid YAML: {problem}; fix the syntax there (indentation, a missing ':', "
+                    f"an unclosed bracket or quote)".split())
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
