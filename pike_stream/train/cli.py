@@ -17,6 +17,7 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from pike_stream.storage import StorageError
 from pike_stream.train.config import ConfigError, TrainConfig, load_config
@@ -67,6 +68,7 @@ def train(cfg: TrainConfig) -> None:
     from pike_stream.train.builder import build_trainer, forget_local_checkpoint_copy
 
     trainer = build_trainer(cfg, preflight=False)
+    interrupted = False
     try:
         done, target = int(trainer.state.timestamp.batch), cfg.batches(cfg.max_duration, "max_duration")
         if done >= target:
@@ -79,12 +81,18 @@ def train(cfg: TrainConfig) -> None:
                 trainer.fit()
             except (KeyboardInterrupt, SystemExit) as stop:
                 # Composer turns SIGINT into sys.exit(130) (composer.core.engine), so atexit hooks run.
-                if isinstance(stop, SystemExit) and stop.code != INTERRUPTED_STATUS:
+                if not _is_interrupt(stop):
                     raise
                 step = int(trainer.state.timestamp.batch)
+                interrupted = True
+                _drop_interrupted_uploads(trainer)
                 raise TrainingInterrupted(f"interrupted at step {step} of {target}; {_resume_hint(cfg)}") from None
     finally:
-        trainer.close()
+        try:
+            trainer.close()
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if not (interrupted and _is_interrupt(stop)):
+                raise
         forget_local_checkpoint_copy(cfg, dist.get_global_rank())
     if dist.get_global_rank() == 0:
         if not os.path.exists(os.path.join(cfg.resolved_run_folder, METRICS_FILENAME)):
@@ -94,6 +102,24 @@ def train(cfg: TrainConfig) -> None:
         summary, paths = write_report(cfg.resolved_run_folder)
         print(f"\n{summary.table()}\n\nweights: {paths['weights']}\nlosses:  {paths['losses']}\n"
               f"report:  {paths['report']}", flush=True)
+
+
+def _is_interrupt(stop: BaseException) -> bool:
+    return isinstance(stop, KeyboardInterrupt) or (isinstance(stop, SystemExit) and stop.code == INTERRUPTED_STATUS)
+
+
+def _drop_interrupted_uploads(trainer: Any) -> None:
+    """Forget the checkpoint uploads that Ctrl-C stopped, so that closing the trainer does not fail on them.
+
+    Ctrl-C reaches the whole process group, so Composer's upload processes (a remote ``save_folder``) stop
+    too, and their futures hold ``SystemExit(130)``, which closing the trainer (and Composer's atexit hook)
+    would raise again. A checkpoint whose upload stopped has no ``latest`` pointer in the bucket: the rerun
+    resumes from the one before. Private Composer attributes, left alone where a version lacks them.
+    """
+    uploader = getattr(getattr(trainer, "_checkpoint_saver", None), "remote_uploader", None)
+    futures = getattr(uploader, "futures", None)
+    if isinstance(futures, list):
+        uploader.futures = [f for f in futures if not f.cancelled() and f.exception() is None]  # waits for each
 
 
 @contextlib.contextmanager
