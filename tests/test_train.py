@@ -439,7 +439,9 @@ def test_checkpoints_on_s3_resume_exactly_and_refuse_changed_data(s3_env: Any, s
     assert _metrics_by_step(resumed, prefixes) == _metrics_by_step(reference, prefixes)
 
     with pytest.raises(MixerStateError, match="global_batch_size=24, this run has 12"):
-        build_trainer(load_config(path, [*run, "max_duration=12ba", "global_train_batch_size=12"]))
+        # save_overwrite: past the check of the run folder's config.json, to the checkpoint's own refusal
+        build_trainer(load_config(path, [*run, "max_duration=12ba", "global_train_batch_size=12",
+                                         "save_overwrite=true"]))
     _upload_domains(tmp_path / "data", s3_bucket, s3_env.settings, train_samples=TRAIN_SAMPLES + 5, only=("b",))
     monkeypatch.setenv("PIKE_STREAM_HOME", str(tmp_path / "home2"))  # no cached index of the old data
     with pytest.raises(MixerStateError, match=r"the data of domain\(s\) \['b'\] changed since the checkpoint"):
