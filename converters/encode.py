@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,10 @@ def _init_worker(tokenizer: str, text_field: str) -> None:
     # Ctrl-C reaches every process of the terminal's group: the parent stops the conversion and ends the
     # pool; a worker that handled it too would print its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Pool.terminate() ends workers with SIGTERM. A Python-level handler inherited from the parent (importing
+    # Composer installs one that calls sys.exit) can leave a worker blocked on the task queue's lock, and
+    # terminate() then waits for it forever: workers keep the default action, which ends them at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER_ENCODER = UnitEncoder(load_tokenizer(tokenizer), text_field)
 
 
@@ -168,9 +173,14 @@ class EncoderPool:
             # parallelism) and no warning from a HuggingFace tokenizer about being forked.
             saved = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            # Forked workers are born with SIGTERM's default action (see _init_worker), not just given it.
+            in_main = threading.current_thread() is threading.main_thread()
+            previous_sigterm = signal.signal(signal.SIGTERM, signal.SIG_DFL) if in_main else None
             try:
                 self._pool = context.Pool(self.workers, initializer=_init_worker, initargs=self._init_args)
             finally:
+                if in_main:
+                    signal.signal(signal.SIGTERM, previous_sigterm)
                 if saved is None:
                     del os.environ["TOKENIZERS_PARALLELISM"]
                 else:

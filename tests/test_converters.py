@@ -537,3 +537,27 @@ def test_corpus_man_pages_from_debian_packages(tmp_path: Path) -> None:
     assert de["packages"].keys() == {"manpages-de"} and de["documents"] > 5
     text = (tmp_path / "raw" / "de" / "train.jsonl").read_text()
     assert "\\fB" not in text and ".SH" not in text and "BESCHREIBUNG" in text
+
+
+def test_encoder_workers_end_on_sigterm_whatever_handler_the_parent_has() -> None:
+    """Importing Composer installs a Python SIGTERM handler (sys.exit). Workers forked with it could block on
+    the task queue's lock after Pool.terminate()'s SIGTERM, and the conversion then hung in terminate():
+    workers must be born with SIGTERM's default action."""
+    import psutil
+
+    from converters.encode import EncoderPool
+    from converters.tokenizers import load_tokenizer
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        with EncoderPool(tokenizer=load_tokenizer("bytes"), tokenizer_spec="bytes", text_field="text",
+                         workers=2) as pool:
+            workers = pool._pool._pool
+            for worker in workers:
+                caught = int(Path(f"/proc/{worker.pid}/status").read_text().split("SigCgt:")[1].split()[0], 16)
+                assert not caught & (1 << (signal.SIGTERM - 1)), "a worker inherited a SIGTERM handler"
+            pids = [w.pid for w in workers]
+        assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the parent's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)

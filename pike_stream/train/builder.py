@@ -35,6 +35,11 @@ from composer.utils import dist, get_device, reproducibility
 from pike_stream.mixer import Domain, PiKEStreamingMixer
 from pike_stream.storage import S3Settings, s3_client
 from pike_stream.storage.client import explain_client_error
+from pike_stream.train.composer_compat import (
+    check_latest_symlink_often,
+    checkpoint_uploaders,
+    close_orphaned_checkpoint_uploaders,
+)
 from pike_stream.train.config import ConfigError, DomainConfig, TrainConfig
 from pike_stream.train.evaluation import domain_evaluator
 from pike_stream.train.logs import BatchLog, JSONLinesLogger
@@ -185,23 +190,6 @@ def _save_config(cfg: TrainConfig, run_folder: str) -> None:
     os.replace(path + ".partial", path)
 
 
-SYMLINK_RETRY_SECONDS = 2.0
-
-
-def _check_latest_symlink_often(trainer: Trainer) -> None:
-    """Upload the ``latest`` pointer of a remote checkpoint as soon as the checkpoint itself is there.
-
-    Composer uploads ``latest-rank0.pt.symlink`` (what autoresume reads) only after it has seen the
-    checkpoint's upload finish, checking every 30 s: a crash in that window resumes from an older
-    checkpoint, and every run's end waits for the last check. Checking every few seconds closes the window.
-    The setting is a private attribute of Composer's ``CheckpointSaver`` (meant for exactly this, in tests);
-    left alone if a Composer version lacks it.
-    """
-    saver = getattr(trainer, "_checkpoint_saver", None)
-    if saver is not None and hasattr(saver, "_symlink_upload_wait_before_next_try_in_seconds"):
-        saver._symlink_upload_wait_before_next_try_in_seconds = SYMLINK_RETRY_SECONDS
-
-
 _CHECKPOINT_NAME = re.compile(r"^ep(\d+)-ba(\d+)-rank0\.pt$")  # Composer's default checkpoint filename
 _LATEST_NAME = "latest-rank0.pt"
 _INTERRUPTED_FOLDER = ".interrupted"
@@ -331,38 +319,43 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
     if cfg.load_path:
         log.info("loading the checkpoint %s", cfg.load_path)
 
-    trainer = Trainer(
-        run_name=cfg.run_name,
-        model=model,
-        train_dataloader=mixer.dataloader(),
-        max_duration=f"{max_batches}ba",
-        eval_dataloader=evaluators or None,
-        # Without evaluators, Composer's default (an eval_interval would only draw its "has no effect" warning).
-        eval_interval=f"{cfg.batches(cfg.eval_interval or cfg.max_duration, 'eval_interval')}ba" if evaluators else 1,
-        optimizers=optimizer,
-        schedulers=_scheduler(cfg),
-        algorithms=algorithms,
-        loggers=_loggers(cfg, run_folder),
-        callbacks=callbacks,
-        progress_bar=False,
-        log_to_console=False,
-        save_folder=cfg.save_folder,
-        save_interval=f"{cfg.batches(cfg.save_interval, 'save_interval')}ba",
-        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        # A run killed after uploading a checkpoint but before its `latest` pointer resumes from the one
-        # before and writes the same checkpoints again (resumption is exact): let it replace them.
-        save_overwrite=cfg.save_overwrite or cfg.autoresume,
-        autoresume=cfg.autoresume,
-        load_path=cfg.load_path,
-        # The mixer resumes from its own state; Composer spinning the iterator forward would skip batches.
-        spin_dataloaders=False,
-        seed=cfg.seed,
-        deterministic_mode=cfg.deterministic_mode,
-        device=device,
-        device_train_microbatch_size=cfg.device_train_microbatch_size or per_rank,
-        precision=cfg.precision,
-    )
-    _check_latest_symlink_often(trainer)
+    uploaders = checkpoint_uploaders()
+    try:
+        trainer = Trainer(
+            run_name=cfg.run_name,
+            model=model,
+            train_dataloader=mixer.dataloader(),
+            max_duration=f"{max_batches}ba",
+            eval_dataloader=evaluators or None,
+            # Without evaluators, Composer's default (an eval_interval would only draw its "has no effect" warning).
+            eval_interval=f"{cfg.batches(cfg.eval_interval or cfg.max_duration, 'eval_interval')}ba" if evaluators else 1,
+            optimizers=optimizer,
+            schedulers=_scheduler(cfg),
+            algorithms=algorithms,
+            loggers=_loggers(cfg, run_folder),
+            callbacks=callbacks,
+            progress_bar=False,
+            log_to_console=False,
+            save_folder=cfg.save_folder,
+            save_interval=f"{cfg.batches(cfg.save_interval, 'save_interval')}ba",
+            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+            # A run killed after uploading a checkpoint but before its `latest` pointer resumes from the one
+            # before and writes the same checkpoints again (resumption is exact): let it replace them.
+            save_overwrite=cfg.save_overwrite or cfg.autoresume,
+            autoresume=cfg.autoresume,
+            load_path=cfg.load_path,
+            # The mixer resumes from its own state; Composer spinning the iterator forward would skip batches.
+            spin_dataloaders=False,
+            seed=cfg.seed,
+            deterministic_mode=cfg.deterministic_mode,
+            device=device,
+            device_train_microbatch_size=cfg.device_train_microbatch_size or per_rank,
+            precision=cfg.precision,
+        )
+    except BaseException:
+        close_orphaned_checkpoint_uploaders(uploaders)  # Composer started them; no trainer is left to close them
+        raise
+    check_latest_symlink_often(trainer)
     if rank == 0:  # only once every check passed and the checkpoint (if any) was loaded
         _save_config(cfg, run_folder)
     step = int(trainer.state.timestamp.batch)

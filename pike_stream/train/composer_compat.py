@@ -1,0 +1,71 @@
+"""The two places pike_stream reaches into Composer's private attributes, kept here with their reasons.
+
+Each is guarded: on a Composer version without the attribute, the function does nothing (the behaviour
+then is Composer's own), and ``tests/test_composer_compat.py`` checks that Composer 0.32 still has them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any
+
+__all__ = ["SYMLINK_RETRY_SECONDS", "check_latest_symlink_often", "checkpoint_uploaders",
+           "close_orphaned_checkpoint_uploaders"]
+
+log = logging.getLogger(__name__)
+
+SYMLINK_RETRY_SECONDS = 2.0
+
+
+def check_latest_symlink_often(trainer: Any) -> bool:
+    """Upload the ``latest`` pointer of a remote checkpoint as soon as the checkpoint itself is there.
+
+    Composer uploads ``latest-rank0.pt.symlink`` (what autoresume reads) only after it has seen the
+    checkpoint's upload finish, checking every 30 s: a crash in that window resumes from an older
+    checkpoint, and every run's end waits for the last check. The setting is a private attribute of
+    Composer's ``CheckpointSaver`` (meant for exactly this, in tests). Returns whether it was set.
+    """
+    saver = getattr(trainer, "_checkpoint_saver", None)
+    if saver is None or not hasattr(saver, "_symlink_upload_wait_before_next_try_in_seconds"):
+        return False
+    saver._symlink_upload_wait_before_next_try_in_seconds = SYMLINK_RETRY_SECONDS
+    return True
+
+
+def checkpoint_uploaders() -> set[int]:
+    """The ids of the Composer ``RemoteUploader`` objects alive now (taken before a ``Trainer`` is built)."""
+    try:
+        from composer.utils.remote_uploader import RemoteUploader
+    except ImportError:
+        return set()
+    return {id(obj) for obj in gc.get_objects() if isinstance(obj, RemoteUploader)}
+
+
+def close_orphaned_checkpoint_uploaders(existing: set[int]) -> int:
+    """Shut down the processes of the Composer ``RemoteUploader``s made since ``existing`` was taken.
+
+    A ``Trainer`` with a remote ``save_folder`` starts a ``RemoteUploader`` (two process pools and a
+    multiprocessing manager) while it is constructed. When the construction then fails (e.g. autoresume
+    refuses the checkpoint), nothing can call ``trainer.close()``, and while the exception's traceback holds
+    the half-built trainer the manager's server process lives on. Called after such a failure, with
+    :func:`checkpoint_uploaders` taken before it (other trainers' uploaders are left alone); returns how many
+    uploaders it closed.
+    """
+    try:
+        from composer.utils.remote_uploader import RemoteUploader
+    except ImportError:  # a Composer without it: nothing of it can be running
+        return 0
+    closed = 0
+    for obj in gc.get_objects():
+        if not isinstance(obj, RemoteUploader) or id(obj) in existing:
+            continue
+        for name in ("upload_executor", "check_remote_files_exist_executor"):
+            executor = getattr(obj, name, None)
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+        manager = getattr(getattr(obj, "is_remote_upload_failed", None), "_manager", None)
+        if manager is not None:
+            manager.shutdown()
+        closed += 1
+    return closed
