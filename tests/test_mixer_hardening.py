@@ -50,8 +50,9 @@ def outage_server(fresh_s3_server, monkeypatch, tmp_path):
         restarted.stop(grace_s=0.0)
 
 
-def _readahead_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("pike-readahead")]
+def _readahead_threads(besides: set[threading.Thread] = frozenset()) -> list[threading.Thread]:
+    """Read-ahead threads alive now, less ``besides`` (those of mixers that earlier tests left unclosed)."""
+    return [t for t in threading.enumerate() if t.name.startswith("pike-readahead") and t not in besides]
 
 
 # ------------------------------------------------------------------------------------ what is retried
@@ -109,6 +110,7 @@ def test_which_s3_errors_are_transient():
 
 # ------------------------------------------------------------------------------------ close()
 def test_close_stops_read_ahead_threads_while_they_retry(outage_server, tmp_path, caplog):
+    others = set(_readahead_threads())
     mixer = _remote_mixer("data", tmp_path / "cache", read_ahead=3, read_ahead_workers=4, retry_seconds=120)
     mixer.next_batch()
     outage_server.stop(grace_s=0.0)
@@ -128,13 +130,13 @@ def test_close_stops_read_ahead_threads_while_they_retry(outage_server, tmp_path
                   for r in caplog.records):
         assert time.monotonic() < deadline, "no read-ahead thread retried a download"
         time.sleep(0.05)
-    assert _readahead_threads()
+    assert _readahead_threads(others)
     started = time.monotonic()
     mixer.close()
     assert time.monotonic() - started < 2.5, "close() must not wait out the retries"
     reader.join(timeout=2.5)
     assert not reader.is_alive(), "a read waiting for a shard must end when the mixer is closed"
-    assert not _readahead_threads()
+    assert not _readahead_threads(others)
     assert len(failures) == 1 and isinstance(failures[0], RuntimeError) and "closed" in str(failures[0])
     with pytest.raises(RuntimeError, match="closed"):
         mixer.next_batch()
@@ -142,12 +144,13 @@ def test_close_stops_read_ahead_threads_while_they_retry(outage_server, tmp_path
 
 
 def test_mixer_is_a_context_manager(tmp_path):
+    others = set(_readahead_threads())
     write_domain(str(tmp_path / "en"), "en", 60, samples_per_shard=10)
     with PiKEStreamingMixer([Domain("en", local=str(tmp_path / "en"))], global_batch_size=B,
                             read_ahead=2, read_ahead_workers=2) as mixer:
         mixer.next_batch()
-        assert _readahead_threads()
-    assert not _readahead_threads()
+        assert _readahead_threads(others)
+    assert not _readahead_threads(others)
 
 
 # ------------------------------------------------------------------------------------ a failed step
