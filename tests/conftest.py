@@ -99,6 +99,14 @@ def no_leftover_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ]
         return [p for p in weeds + children if _alive(p)]
 
+    # Composer's checkpoint uploaders keep a multiprocessing manager alive as long as their Trainer object
+    # lives (tests that build trainers directly may still hold one): end those first, as the CLI does.
+    import gc
+
+    from pike_stream.train.composer_compat import close_orphaned_checkpoint_uploaders
+
+    gc.collect()
+    close_orphaned_checkpoint_uploaders(set())
     deadline = time.monotonic() + 10.0  # a child may still be on its way out
     left = leftovers()
     while left and time.monotonic() < deadline:

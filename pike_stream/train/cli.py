@@ -65,6 +65,7 @@ def train(cfg: TrainConfig) -> None:
     from composer.utils import dist
 
     from pike_stream.report import write_report
+    from pike_stream.train.composer_compat import close_checkpoint_uploader
     from pike_stream.train.builder import build_trainer, forget_local_checkpoint_copy
 
     trainer = build_trainer(cfg, preflight=False)
@@ -93,6 +94,7 @@ def train(cfg: TrainConfig) -> None:
         except (KeyboardInterrupt, SystemExit) as stop:
             if not (interrupted and _is_interrupt(stop)):
                 raise
+        close_checkpoint_uploader(trainer)
         forget_local_checkpoint_copy(cfg, dist.get_global_rank())
     if dist.get_global_rank() == 0:
         if not os.path.exists(os.path.join(cfg.resolved_run_folder, METRICS_FILENAME)):

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 __all__ = ["SYMLINK_RETRY_SECONDS", "check_latest_symlink_often", "checkpoint_uploaders",
-           "close_orphaned_checkpoint_uploaders"]
+           "close_checkpoint_uploader", "close_orphaned_checkpoint_uploaders"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,26 @@ def check_latest_symlink_often(trainer: Any) -> bool:
     if saver is None or not hasattr(saver, "_symlink_upload_wait_before_next_try_in_seconds"):
         return False
     saver._symlink_upload_wait_before_next_try_in_seconds = SYMLINK_RETRY_SECONDS
+    return True
+
+
+def _shut_down(uploader: Any) -> None:
+    for name in ("upload_executor", "check_remote_files_exist_executor"):
+        executor = getattr(uploader, name, None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+    manager = getattr(getattr(uploader, "is_remote_upload_failed", None), "_manager", None)
+    if manager is not None:
+        manager.shutdown()
+
+
+def close_checkpoint_uploader(trainer: Any) -> bool:
+    """After ``trainer.close()``: end the multiprocessing manager of its checkpoint uploader, which Composer
+    leaves running as long as the trainer object lives. Returns whether there was one."""
+    uploader = getattr(getattr(trainer, "_checkpoint_saver", None), "remote_uploader", None)
+    if uploader is None:
+        return False
+    _shut_down(uploader)
     return True
 
 
@@ -60,12 +80,6 @@ def close_orphaned_checkpoint_uploaders(existing: set[int]) -> int:
     for obj in gc.get_objects():
         if not isinstance(obj, RemoteUploader) or id(obj) in existing:
             continue
-        for name in ("upload_executor", "check_remote_files_exist_executor"):
-            executor = getattr(obj, name, None)
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
-        manager = getattr(getattr(obj, "is_remote_upload_failed", None), "_manager", None)
-        if manager is not None:
-            manager.shutdown()
+        _shut_down(obj)
         closed += 1
     return closed
