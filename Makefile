@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATA   ?= data
 
-.PHONY: install quickstart test test-fast bench corpus clean
+.PHONY: install quickstart lint test test-fast bench corpus clean
 
 install: $(STAMP)
 
@@ -32,11 +32,15 @@ quickstart: install
 	$(S3ENV) && $(BIN)/pike-stream corpus convert $(DATA)/corpus --seq-len 128 --dest s3://pike-quickstart/mds --overwrite
 	$(S3ENV) && $(BIN)/pike-stream train yamls/quickstart.yaml $(QUICKSTART_ARGS)
 
-test: install
+# Lint (ruff, configured in pyproject.toml) runs first: a lint error fails the test command.
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The benchmarks (by hand, about 3 hours on 2 cores): each writes JSON to bench/results/; the PiKE reports
-# (bench/results/headroom.md, corpora.md) are generated from their JSON.
+# (bench/results/headroom.md, noise.md, corpora.md) are generated from their JSON.
 bench: install
 	$(BIN)/python bench/bench_convert.py
 	$(BIN)/python bench/bench_mixer.py
@@ -44,12 +48,13 @@ bench: install
 	$(BIN)/python bench/bench_load.py
 	$(BIN)/python bench/corpora.py headroom $(DATA)/headroom
 	$(BIN)/python bench/bench_headroom.py --data $(DATA)/headroom/mds --work $(DATA)/headroom-runs --jobs 2
+	$(BIN)/python bench/bench_noise.py --data $(DATA)/headroom/mds --work $(DATA)/noise-runs --jobs 2
 	$(BIN)/python bench/corpora.py multilingual $(DATA)/multilingual
 	$(BIN)/python bench/corpora.py unequal $(DATA)/unequal
 	$(BIN)/python bench/bench_corpora.py --multilingual $(DATA)/multilingual/mds --unequal $(DATA)/unequal/mds \
 		--work $(DATA)/corpora-runs --jobs 2
 
-test-fast: install
+test-fast: lint
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 clean:

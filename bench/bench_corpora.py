@@ -27,7 +27,6 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-
 from bench_headroom import (  # noqa: E402
     RESULTS,
     add_common_arguments,
@@ -104,7 +103,8 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
         for arm, row in c["table"].items():
             w = row["final_weights"][0]
             weights = "" if w is None else " / ".join(f"{x:.2f}" for x in w)
-            lines.append(f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {fmt_spread(row['diff_avg'])} | "
+            lines.append(f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | "
+                         f"{fmt_spread(row['diff_avg'])} | "
                          f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {fmt_spread(row['diff_worst'])} | "
                          f"{weights} |")
         lines.append("")

@@ -349,7 +349,7 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
         "[headroom_before_pull.md](headroom_before_pull.md). What those seeds showed led to the pull, so they "
         "are no longer held out, and the current version is judged on new seeds.)", "",
         f"Command: `{result['command']}`", "",
-        "## Tuning (seed %d, training split)" % s["tune_seed"], "",
+        f"## Tuning (seed {s['tune_seed']:d}, training split)", "",
         "Static mixtures (weights en / code / dup / noise), sorted by score:", "",
         "| en | code | dup | noise | avg train-split loss |", "|---:|---:|---:|---:|---:|"]
     for run in sorted(result["grid"], key=lambda r: final_losses(r)[0]):

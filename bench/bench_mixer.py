@@ -193,7 +193,8 @@ def main() -> None:
                 "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in runs),
                 "first_batch_s_median": statistics.median(r["first_batch_s"] for r in runs), "runs": runs}
 
-    report: dict = json.load(open(args.out)) if os.path.exists(args.out) and phases != {"warm", "cold", "twenty"} else {}
+    keep_earlier = os.path.exists(args.out) and phases != {"warm", "cold", "twenty"}
+    report: dict = json.load(open(args.out)) if keep_earlier else {}
     command = "python bench/bench_mixer.py " + " ".join(sys.argv[1:])
     report["commands"] = [c for c in report.get("commands", [report.get("command")]) if c] + [command]
     report |= {"command": command,

@@ -33,7 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -204,7 +205,7 @@ def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
         run = StepAndProbe(root, k)
         step, probe = run.step, run.probe
 
-        def probe_without_sketch() -> None:
+        def probe_without_sketch(run: StepAndProbe = run) -> None:
             run.probe(sketch_dim=0)
 
         step()
@@ -233,7 +234,7 @@ def memory(root: str) -> list[dict[str, Any]]:
     rows = []
     for k in KS:
         run = StepAndProbe(root, k)
-        model, optimizer, batch, step, probe = run.model, run.optimizer, run.batch, run.step, run.probe
+        model, optimizer, step, probe = run.model, run.optimizer, run.step, run.probe
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
         # A reference: one gradient of the largest half-domain the probe differentiates (one gradient buffer
@@ -244,13 +245,13 @@ def memory(root: str) -> list[dict[str, Any]]:
         rows_of_half = rows_of_half[rows_of_half.numel() // 2:]
         half = {key: value[rows_of_half] for key, value in run.probe_batch.items()}
 
-        def one_gradient() -> None:
+        def one_gradient(model: Any = model, half: dict[str, Any] = half) -> None:
             torch.autograd.grad(causal_lm_per_sample_loss(model, half).mean(), list(model.parameters()))
 
         step()  # gradients and Adam's moments exist, as in the middle of a run
         peaks, state_bytes = {}, 0
         for name, fn in (("static_step", step), ("probe", probe), ("one_gradient", one_gradient),
-                         ("probe_then_step", lambda: (probe(), step()))):
+                         ("probe_then_step", lambda probe=probe, step=step: (probe(), step()))):
             tracker = LiveTensorBytes()
             tracker.track(state_tensors(model, optimizer))
             state_bytes = tracker.current

@@ -19,14 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pike-stream convert",
         description="Convert a corpus into one domain of tokenized, packed MDS shards with a manifest.json. "
                     "Every document is followed by EOS; the final partial sequence is dropped.")
-    parser.add_argument("source", metavar="SOURCE", help="a file or folder (text, jsonl) or a saved dataset (hf)")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="a file or folder (text, jsonl, parquet) or a saved dataset (hf)")
     parser.add_argument("out", metavar="OUT", help="the domain folder to write: a local folder or s3://bucket/prefix")
     parser.add_argument("--domain", required=True, help="the domain's name")
     parser.add_argument("--seq-len", type=int, required=True, help="tokens per sample")
-    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="text",
-                        help="text: one document per file; jsonl: one per line; hf: one per dataset row "
-                             "(default: text)")
-    parser.add_argument("--text-field", default="text", help="JSON field / dataset column with the text")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
+                        help="text: one document per file; jsonl: one per line of *.jsonl/*.json files, "
+                             ".gz and .zst decompressed; parquet: one per row of *.parquet files; hf: one per "
+                             "row of a save_to_disk dataset. Default: inferred from SOURCE's file names "
+                             "(a folder must hold one format), said in one line on stderr. A format the "
+                             "content contradicts is an error")
+    parser.add_argument("--text-field", default="text", help="JSON field / Parquet or dataset column with the text")
     parser.add_argument("--tokenizer", default="bytes",
                         help="`bytes` (UTF-8 bytes, EOS 256, PAD 257) or a local HuggingFace tokenizer folder")
     parser.add_argument("--workers", type=int, default=1,

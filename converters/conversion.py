@@ -15,11 +15,13 @@ looks complete.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -42,11 +44,12 @@ HASHES = ["sha1", "xxh64"]
 
 
 class TokenWriter(MDSWriter):
-    """streaming's ``MDSWriter`` for one fixed-size ``tokens`` column, with two changes.
+    """streaming's ``MDSWriter`` for one fixed-size ``tokens`` column, with three changes.
 
     - ``encode_sample`` is a direct ``tobytes()`` of the row: for a column of static dtype and shape
       that is exactly what MDS stores (no per-sample header), without re-parsing the encoding string
       for every sample, which made writing, not tokenizing, the bottleneck.
+    - An upload cancelled by an interrupted conversion is not reported as an error with a traceback.
     - ``index.json`` is uploaded only after every shard upload has finished; streaming's writer submits
       it once its queue is empty, while the last shards may still be uploading, so a reader could see
       an index whose shards are not there yet.
@@ -63,6 +66,12 @@ class TokenWriter(MDSWriter):
                              f"got {tokens.dtype} {tokens.shape}")
         return tokens.tobytes()
 
+    def exception_callback(self, future: Future) -> None:
+        """streaming's callback, but quiet for an upload cancelled by an interrupted conversion (streaming's
+        own asks a cancelled future for its exception, which raises and logs a traceback)."""
+        if not future.cancelled():
+            super().exception_callback(future)
+
     def _write_index(self) -> None:
         self.executor.shutdown(wait=True)
         if self.event.is_set():
@@ -73,17 +82,20 @@ class TokenWriter(MDSWriter):
 
 
 def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *, domain: str, seq_len: int,
-            fmt: str = "text", text_field: str = "text", tokenizer: str = "bytes", workers: int = 1,
+            fmt: str | None = None, text_field: str = "text", tokenizer: str = "bytes", workers: int = 1,
             part: str | tuple[int, int] | Part | None = None, overwrite: bool = False,
             size_limit: float = DEFAULT_SIZE_LIMIT_MB, progress: bool = True) -> dict[str, Any]:
     """Convert ``source`` into the domain folder ``out`` (a local folder or ``s3://bucket/prefix``).
 
     Args:
-        source: a file or folder (``text``, ``jsonl``) or a ``save_to_disk`` dataset folder (``hf``).
+        source: a file or folder (``text``, ``jsonl``, ``parquet``) or a ``save_to_disk`` dataset folder
+            (``hf``).
         out: the domain folder to create; with ``part="i/N"`` the part goes to ``out/part-0000i``.
         domain: the domain's name, recorded in the manifest.
         seq_len: ids per sample.
-        fmt: ``text`` (one document per file), ``jsonl`` (one per line) or ``hf`` (one per row).
+        fmt: ``text`` (one document per file), ``jsonl`` (one per line; ``.gz``/``.zst`` decompressed),
+            ``parquet`` or ``hf`` (one per row); None infers it from the source's names
+            (:mod:`converters.formats`) and, with ``progress``, says what it inferred on stderr.
         text_field: the JSON field or dataset column holding the text.
         tokenizer: ``bytes`` or the path of a local HuggingFace tokenizer folder.
         workers: tokenizing processes (1: in this process).
@@ -115,10 +127,14 @@ def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *, doma
     if part is not None:  # a merged index over the parts no longer describes them: withdraw it
         root.remove(MANIFEST_NAME)
         root.remove(INDEX_NAME)
+    if progress and src.inferred:  # after the output checks, so that a refused output stays a one-line error
+        print(f"pike-stream convert: {source} read as {src.layout.describe()}", file=sys.stderr)
 
     start = time.perf_counter()
     writer: TokenWriter | None = None
+    interrupt = _SafePointInterrupt()
     try:
+        interrupt.__enter__()
         with EncoderPool(tokenizer=tok, tokenizer_spec=tokenizer, text_field=text_field, workers=workers) as pool:
             writer = TokenWriter(seq_len=seq_len, dtype=dtype, out=dest.writer_out(), compression=COMPRESSION,
                                  hashes=HASHES, size_limit=int(size_limit * 2**20))
@@ -141,6 +157,7 @@ def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *, doma
                     bar.update(encoded.input_bytes)
                     rate = samples * seq_len / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix_str(f"{rate / 1e6:.2f}M tok/s", refresh=False)
+                    interrupt.check()
         for reason, origins in sorted(examples.items()):
             warnings.warn(f"domain {domain}: skipped {skipped[reason]} document(s) as {reason}, "
                           f"e.g. {', '.join(origins)}", SkippedDocumentsWarning, stacklevel=2)
@@ -149,21 +166,59 @@ def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *, doma
                 f"domain {domain!r}: {source} gave no sample of {seq_len} tokens ({documents} documents kept, "
                 f"{packer.pending} tokens, skipped: {dict(skipped) or 'none'})")
         writer.finish()
+        interrupt.check()
         index = {"version": 2, "shards": writer.shards}
         extra = {"part": {"index": part.index, "count": part.count}} if part else None
         manifest = build_manifest(domain=domain, index=index, seq_len=seq_len, dtype=dtype,
                                   tokenizer=tok.describe(), documents=documents, skipped=skipped,
                                   dropped_tokens=packer.pending, input_bytes=input_bytes, where=dest.url,
                                   extra=extra)
+        interrupt.check()
         dest.commit(manifest)
     except BaseException:
         if writer is not None:
             writer.executor.shutdown(wait=True, cancel_futures=True)
         dest.abort()
         raise
+    finally:
+        interrupt.__exit__()
     if progress:
         print(_summary(manifest, dest.url, time.perf_counter() - start), file=sys.stderr)
     return manifest
+
+
+class _SafePointInterrupt:
+    """Ctrl-C (SIGINT) during a conversion raises ``KeyboardInterrupt`` at the next :meth:`check`, not wherever
+    the main thread happens to be.
+
+    A ``KeyboardInterrupt`` raised inside tqdm (the progress bar, and streaming's upload threads, take one
+    shared lock) can leave that lock held, and the clean-up then waits forever for an upload thread blocked on
+    it. Checks come after each unit of input (about 1 MB) and before the manifest is published. A second
+    Ctrl-C interrupts at once. Outside the main thread this does nothing (signals go to the main thread).
+    """
+
+    def __init__(self) -> None:
+        self._pending = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _SafePointInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._pending:
+            raise KeyboardInterrupt
+        self._pending = True
+
+    def check(self) -> None:
+        if self._pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _summary(manifest: dict[str, Any], url: str, seconds: float) -> str:

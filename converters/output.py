@@ -28,6 +28,8 @@ from typing import Any
 
 from converters.errors import ConversionError
 from converters.manifest import INDEX_NAME, MANIFEST_NAME
+from pike_stream.storage.client import explain_client_error, s3_client
+from pike_stream.storage.settings import S3Settings, StorageError
 
 __all__ = ["Destination", "LocalDestination", "S3Destination", "open_destination"]
 
@@ -185,7 +187,7 @@ class S3Destination(Destination):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
-            raise _explain(exc, self.url, self.bucket) from None
+            raise _explain(exc, self.url, self.bucket, "HeadBucket") from None
 
     def prepare(self, overwrite: bool) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -194,7 +196,7 @@ class S3Destination(Destination):
         try:
             listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._object(""), MaxKeys=1)
         except (BotoCoreError, ClientError) as exc:
-            raise _explain(exc, self.url, self.bucket) from None
+            raise _explain(exc, self.url, self.bucket, "ListObjectsV2") from None
         if listed.get("KeyCount", 0):
             if not overwrite:
                 raise ConversionError(f"output {self.url} is not empty; pass --overwrite to replace it")
@@ -265,51 +267,14 @@ class S3Destination(Destination):
         return f"{self.url}/{name}"
 
 
-def _endpoint() -> str:
-    """The configured endpoint for messages, without any user:password part."""
-    url = os.environ.get("S3_ENDPOINT_URL")
-    if not url:
-        return "AWS S3 (S3_ENDPOINT_URL is not set)"
-    parsed = urllib.parse.urlparse(url)
-    if parsed.username is None and parsed.password is None:
-        return url
-    host = (parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")
-    return parsed._replace(netloc=host).geturl()
-
-
 def _s3_client() -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+    """The library's S3 client for the environment's settings, with the conversion's timeouts."""
     try:
-        return boto3.session.Session().client("s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None,
-                                              config=config)
-    except ValueError as exc:
-        raise ConversionError(f"S3_ENDPOINT_URL={_endpoint()} is not a valid endpoint URL ({exc})") from None
+        return s3_client(S3Settings.from_env(), timeout_s=60.0, connect_timeout_s=10.0, max_attempts=3)
+    except StorageError as exc:
+        raise ConversionError(str(exc)) from None
 
 
-_CREDENTIAL_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                     "ExpiredToken", "InvalidClientTokenId"}
-
-
-def _explain(exc: Exception, url: str, bucket: str) -> ConversionError:
-    """A message for an S3 failure that names the setting to fix."""
-    from botocore.exceptions import (ClientError, ConnectTimeoutError, EndpointConnectionError,
-                                     NoCredentialsError, PartialCredentialsError, ReadTimeoutError)
-
-    endpoint = _endpoint()
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return ConversionError(f"no S3 credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
-        return ConversionError(f"cannot reach the S3 endpoint {endpoint} for {url} "
-                               f"({type(exc).__name__}); check S3_ENDPOINT_URL")
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _CREDENTIAL_CODES:
-            return ConversionError(f"the S3 endpoint {endpoint} refused the credentials for {url} ({code}); "
-                                   f"check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-        if code in ("404", "NoSuchBucket"):
-            return ConversionError(f"bucket {bucket!r} does not exist at {endpoint}; create it first")
-        return ConversionError(f"S3 request for {url} at {endpoint} failed: {code or exc}")
-    return ConversionError(f"S3 request for {url} at {endpoint} failed: {type(exc).__name__}: {exc}")
+def _explain(exc: Exception, url: str, bucket: str, operation: str) -> ConversionError:
+    """The library's message for an S3 failure, naming the setting to fix, as a :class:`ConversionError`."""
+    return ConversionError(str(explain_client_error(exc, S3Settings.from_env(), bucket, operation, url=url)))

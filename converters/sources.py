@@ -1,42 +1,51 @@
 """Reading raw documents from a corpus in a fixed order, optionally only one part of it.
 
-Three formats:
+Formats (see :mod:`converters.formats` for how they are inferred from file names and checked):
 
 - ``text``: a file, or a folder of files (recursive, hidden names skipped, sorted by relative path);
   each file is one document.
-- ``jsonl``: a file, or a folder of ``*.jsonl`` files (recursive, sorted); each non-blank line is one
-  JSON object and one document, whose text is in a configurable field.
+- ``jsonl``: a file, or a folder of JSON-lines files (``*.jsonl``, ``*.json``, plain or ``.gz``/``.zst``
+  compressed; recursive, sorted); each non-blank line is one JSON object and one document, whose text is
+  in a configurable field.
+- ``parquet``: a file, or a folder of ``*.parquet`` files (recursive, sorted); each row is one document,
+  whose text is in a configurable string column.
 - ``hf``: a HuggingFace dataset saved with ``save_to_disk`` (needs the ``datasets`` package); each row is
   one document.
 
-The reader only reads bytes and groups consecutive documents into :class:`Unit` batches; checking and
-tokenizing them happens in :mod:`converters.encode`, possibly in other processes.
+The reader only reads bytes (:mod:`converters.readers` streams compressed and Parquet files) and groups
+consecutive documents into :class:`Unit` batches; checking and tokenizing them happens in
+:mod:`converters.encode`, possibly in other processes.
 
 Parts (``--part i/N``) split the input by position so that N machines can convert one corpus and the
-merged result keeps the input order: for ``text`` and ``jsonl`` the files are laid end to end and
-a document belongs to part ``floor(offset * N / total_bytes)`` where ``offset`` is the position of its
-first byte; for ``hf`` rows are split into N contiguous ranges. Every document lands in exactly one part.
+merged result keeps the input order. For ``text`` and ``jsonl`` the files are laid end to end by their
+size on disk and a document belongs to part ``floor(position * N / total)``: a text file's position is its
+first byte; a line's is its first byte in an uncompressed file, and ``offset * size // decompressed_size``
+in a compressed one, where ``offset`` is its first byte in the decompressed stream (so a compressed file is
+split too, and only a part that shares it with another decompresses it twice, to count its bytes). For
+``parquet`` (rows of the files end to end) and ``hf``, rows are split into N contiguous ranges. Every
+document lands in exactly one part.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from converters.errors import ConversionError
+from converters.formats import FORMATS, Layout, resolve_layout
+from converters.readers import compression_of, decompressed_size, iter_lines, iter_parquet_values, parquet_rows
 
 __all__ = ["FORMATS", "UNIT_BYTES", "UNIT_DOCS", "HF_UNIT_ROWS", "Part", "Unit", "Source", "open_source"]
-
-FORMATS = ("text", "jsonl", "hf")
 
 # A unit (one tokenization task) closes at about this much input or this many documents: big enough to
 # amortize handing it to a worker process, small enough to keep memory flat. Output does not depend on it.
 UNIT_BYTES = 1 << 20
 UNIT_DOCS = 8192
-HF_UNIT_ROWS = 1024
+HF_UNIT_ROWS = 1024  # rows per unit of a dataset or a Parquet file
 _COUNT_CHUNK = 1 << 22
 
 
@@ -86,9 +95,10 @@ def _owner(offset: int, total: int, count: int) -> int:
 class Unit:
     """Consecutive raw documents of one format, handed to one tokenization call.
 
-    ``payloads`` are file contents (``text``), raw lines (``jsonl``, blank ones included so that line
-    numbers can be derived) or field values (``hf``). ``names`` gives each text file's path; ``path`` and
-    ``first`` locate the JSONL file and line, or the dataset and row, of ``payloads[0]``.
+    ``payloads`` are file contents (``text``), raw decompressed lines (``jsonl``, blank ones included so
+    that line numbers can be derived) or column values (``parquet``, ``hf``). ``names`` gives each text
+    file's path; ``path`` and ``first`` locate the JSONL file and line, or the file or dataset and row, of
+    ``payloads[0]``.
     """
 
     kind: str
@@ -106,57 +116,79 @@ class Unit:
         return f"{self.path} row {self.first + i}"
 
 
+@dataclass(frozen=True)
+class _Span:
+    """The positions ``[start, end)`` of ``file`` (of ``size`` positions: bytes on disk, or rows) to read."""
+
+    file: Path
+    start: int
+    end: int
+    size: int
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.end == self.size
+
+
 class Source:
     """The documents of one input (or of one part of it), in order, as :class:`Unit` batches."""
 
-    def __init__(self, path: Path, fmt: str, part: Part | None, *, text_field: str) -> None:
+    def __init__(self, path: Path, layout: Layout, part: Part | None, *, text_field: str) -> None:
         self.path = path
-        self.fmt = fmt
+        self.layout = layout
+        self.fmt = layout.fmt
         self.part = part
         self.text_field = text_field
-        self._files: list[tuple[Path, int, int]] = []  # (file, first byte of this part, end byte)
+        self._spans: list[_Span] = []
         self._rows: tuple[int, int] = (0, 0)
         self._dataset: Any = None
-        if fmt == "hf":
+        if self.fmt == "hf":
             self._open_dataset()
+        elif self.fmt == "parquet":
+            self._plan_spans([parquet_rows(f, text_field) for f in layout.files], whole_files=False)
         else:
-            self._plan_files()
+            self._plan_spans([f.stat().st_size for f in layout.files], whole_files=self.fmt == "text")
+
+    @property
+    def inferred(self) -> bool:
+        """Whether the format was inferred from the input rather than given."""
+        return self.layout.inferred
 
     @property
     def total_bytes(self) -> int | None:
-        """Input bytes this source will read (None for ``hf``, where it is not known in advance)."""
-        if self.fmt == "hf":
+        """Input bytes this source will read; None where that is not known in advance (compressed files,
+        Parquet, ``hf``)."""
+        if self.fmt not in ("text", "jsonl") or any(compression_of(s.file) for s in self._spans):
             return None
-        return sum(end - start for _, start, end in self._files)
+        return sum(s.end - s.start for s in self._spans)
 
     def __iter__(self) -> Iterator[Unit]:
         if self.fmt == "text":
             return self._text_units()
         if self.fmt == "jsonl":
             return self._jsonl_units()
+        if self.fmt == "parquet":
+            return self._parquet_units()
         return self._hf_units()
 
     # -- planning ---------------------------------------------------------------------------------
 
-    def _plan_files(self) -> None:
-        files = _list_files(self.path, suffix=".jsonl" if self.fmt == "jsonl" else None)
-        if not files:
-            kind = "*.jsonl files" if self.fmt == "jsonl" else "files"
-            raise ConversionError(f"no input: {self.path} holds no {kind}")
-        sizes = [f.stat().st_size for f in files]
+    def _plan_spans(self, sizes: list[int], *, whole_files: bool) -> None:
+        """Lay the files end to end by ``sizes`` and keep the spans this part reads: whole files owned by
+        their first position when ``whole_files``, else the positions within the part's bounds."""
         total = sum(sizes)
         offset = 0
-        for file, size in zip(files, sizes):
+        for file, size in zip(self.layout.files, sizes):
             if self.part is None:
-                self._files.append((file, 0, size))
-            elif self.fmt == "text":
+                self._spans.append(_Span(file, 0, size, size))
+            elif whole_files:
                 if self.part.owns(offset, total):
-                    self._files.append((file, 0, size))
+                    self._spans.append(_Span(file, 0, size, size))
             else:
                 lo, hi = self.part.bounds(total)
                 start, end = max(lo - offset, 0), min(hi - offset, size)
                 if start < end:
-                    self._files.append((file, start, end))
+                    self._spans.append(_Span(file, start, end, size))
             offset += size
 
     def _open_dataset(self) -> None:
@@ -189,9 +221,9 @@ class Source:
         names: list[str] = []
         payloads: list[bytes] = []
         size = 0
-        for file, _, _ in self._files:
-            data = file.read_bytes()
-            names.append(str(file))
+        for span in self._spans:
+            data = span.file.read_bytes()
+            names.append(str(span.file))
             payloads.append(data)
             size += len(data)
             if size >= UNIT_BYTES or len(payloads) >= UNIT_DOCS:
@@ -201,22 +233,18 @@ class Source:
             yield Unit("text", tuple(payloads), names=tuple(names))
 
     def _jsonl_units(self) -> Iterator[Unit]:
-        for file, start, end in self._files:
-            with open(file, "rb") as f:
-                pos, line_no = _seek_line(f, start)
-                first, lines, size = line_no, [], 0
-                while pos < end:
-                    line = f.readline()
-                    if not line:
-                        break
-                    lines.append(line)
-                    pos += len(line)
-                    size += len(line)
-                    if size >= UNIT_BYTES or len(lines) >= UNIT_DOCS:
-                        yield Unit("jsonl", tuple(lines), path=str(file), first=first)
-                        first, lines, size = first + len(lines), [], 0
-                if lines:
-                    yield Unit("jsonl", tuple(lines), path=str(file), first=first)
+        for span in self._spans:
+            if compression_of(span.file) is None:
+                lines = _plain_lines(span)
+            else:
+                lines = _compressed_lines(span)
+            yield from _line_units(span.file, lines)
+
+    def _parquet_units(self) -> Iterator[Unit]:
+        for span in self._spans:
+            for first, values in iter_parquet_values(span.file, self.text_field, span.start, span.end,
+                                                     HF_UNIT_ROWS):
+                yield Unit("parquet", tuple(values), path=str(span.file), first=first)
 
     def _hf_units(self) -> Iterator[Unit]:
         lo, hi = self._rows
@@ -225,29 +253,59 @@ class Source:
             yield Unit("hf", tuple(values), path=str(self.path), first=start)
 
 
-def open_source(path: str | os.PathLike[str], fmt: str, *, text_field: str = "text",
+def open_source(path: str | os.PathLike[str], fmt: str | None = None, *, text_field: str = "text",
                 part: Part | None = None) -> Source:
-    """The documents of ``path`` read as ``fmt`` (one of :data:`FORMATS`), or of one ``part`` of it."""
-    if fmt not in FORMATS:
-        raise ConversionError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    return Source(Path(path), fmt, part, text_field=text_field)
+    """The documents of ``path`` read as ``fmt`` (one of :data:`FORMATS`; None: inferred from the input),
+    or of one ``part`` of it. Raises :class:`ConversionError` when the content contradicts the format."""
+    layout = resolve_layout(Path(path), fmt, text_field)
+    return Source(Path(path), layout, part, text_field=text_field)
 
 
-def _list_files(path: Path, *, suffix: str | None) -> list[Path]:
-    """``path`` itself if a file, else the regular, non-hidden files under it sorted by relative path."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise ConversionError(f"input {path} does not exist")
-    found: list[tuple[str, Path]] = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            file = Path(root, name)
-            if name.startswith(".") or not file.is_file() or (suffix and not name.endswith(suffix)):
-                continue
-            found.append((file.relative_to(path).as_posix(), file))
-    return [file for _, file in sorted(found)]
+def _line_units(file: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Unit]:
+    """Group (line number, line) pairs of consecutive lines of ``file`` into units."""
+    first, batch, size = 0, [], 0
+    for number, line in lines:
+        if not batch:
+            first = number
+        batch.append(line)
+        size += len(line)
+        if size >= UNIT_BYTES or len(batch) >= UNIT_DOCS:
+            yield Unit("jsonl", tuple(batch), path=str(file), first=first)
+            batch, size = [], 0
+    if batch:
+        yield Unit("jsonl", tuple(batch), path=str(file), first=first)
+
+
+def _plain_lines(span: _Span) -> Iterator[tuple[int, bytes]]:
+    """The lines of an uncompressed file that start within the span's bytes, with their line numbers."""
+    with open(span.file, "rb") as f:
+        pos, line_no = _seek_line(f, span.start)
+        while pos < span.end:
+            line = f.readline()
+            if not line:
+                break
+            yield line_no, line
+            pos += len(line)
+            line_no += 1
+
+
+def _compressed_lines(span: _Span) -> Iterator[tuple[int, bytes]]:
+    """The lines of a compressed file whose position (see the module doc) is within the span, with their
+    line numbers. A whole file is read once; a cut one is first decompressed to count its bytes."""
+    lines = iter_lines(span.file)
+    with closing(lines):
+        if span.whole:
+            yield from enumerate(lines, start=1)
+            return
+        decompressed = decompressed_size(span.file)
+        offset = 0
+        for line_no, line in enumerate(lines, start=1):
+            position = offset * span.size // decompressed  # a line was read, so decompressed > 0
+            offset += len(line)
+            if position >= span.end:
+                return
+            if position >= span.start:
+                yield line_no, line
 
 
 def _seek_line(f: Any, start: int) -> tuple[int, int]:

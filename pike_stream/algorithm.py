@@ -65,6 +65,7 @@ from pike_stream.controller import (
 )
 from pike_stream.mixer import PiKEStreamingMixer
 from pike_stream.mixing import get_strategy
+from pike_stream.mixing.checks import check_domain_weights
 from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
 
 __all__ = ["PiKE", "find_mixer"]
@@ -78,6 +79,7 @@ COSINE_METRICS_MAX_DOMAINS = 8
 """Per-pair cosines are logged (``pike/cosine/<a>|<b>``) only up to this many domains (K² metrics)."""
 
 _STATISTICS = ("grad_sq", "variance", "loss")
+_INITIAL_WEIGHTS = "PiKE option 'initial_weights'"
 
 
 def find_mixer(dataloader: Any) -> PiKEStreamingMixer:
@@ -161,7 +163,8 @@ class PiKE(Algorithm):
         if per_sample_loss is not None and not callable(per_sample_loss):
             raise ValueError(f"PiKE option 'per_sample_loss' must be callable (model, batch) -> Tensor[b], "
                              f"got {type(per_sample_loss).__name__}")
-        self.initial_weights = _checked_initial_weights(initial_weights)
+        self.initial_weights = (None if initial_weights is None
+                                else check_domain_weights(initial_weights, key=_INITIAL_WEIGHTS))
         self.update_interval = int(update_interval)
         self.warmup_steps = int(warmup_steps)
         self.probe_samples = int(probe_samples)
@@ -180,7 +183,8 @@ class PiKE(Algorithm):
 
     def __repr__(self) -> str:
         return (f"PiKE(strategy={self.strategy!r}, update_interval={self.update_interval}, "
-                f"warmup_steps={self.warmup_steps}, probe_samples={self.probe_samples}, ema={self.ema}, pull={self.pull})")
+                f"warmup_steps={self.warmup_steps}, probe_samples={self.probe_samples}, ema={self.ema}, "
+                f"pull={self.pull})")
 
     def match(self, event: Event, state: State) -> bool:
         return event in (Event.FIT_START, Event.AFTER_DATALOADER)
@@ -218,14 +222,7 @@ class PiKE(Algorithm):
 
     def _initial_weights_for(self, mixer: PiKEStreamingMixer) -> dict[str, float]:
         """The ``initial_weights`` option, checked to name exactly the mixer's domains."""
-        weights, names = self.initial_weights or {}, mixer.domain_names
-        unknown = sorted(set(weights) - set(names))
-        missing = [n for n in names if n not in weights]
-        if unknown or missing:
-            raise ValueError(f"PiKE option 'initial_weights' must name exactly the mixer's domains {names}"
-                             + (f"; unknown: {unknown}" if unknown else "")
-                             + (f"; missing: {missing}" if missing else ""))
-        return weights
+        return check_domain_weights(self.initial_weights, mixer.domain_names, key=_INITIAL_WEIGHTS)
 
     def _probe_size(self) -> int:
         """Samples of every domain in a probe batch over all ranks: ``probe_samples`` rounded up to a multiple
@@ -330,17 +327,3 @@ def _cosine_metrics(cosine: np.ndarray, names: Sequence[str]) -> dict[str, float
     """Every pair's averaged cosine as ``pike/cosine/<a>|<b>`` (pairs without one left out)."""
     return {f"pike/cosine/{names[i]}|{names[j]}": float(cosine[i, j])
             for i in range(len(names)) for j in range(i + 1, len(names)) if math.isfinite(cosine[i, j])}
-
-
-def _checked_initial_weights(weights: Mapping[str, float] | None) -> dict[str, float] | None:
-    """``initial_weights`` checked to be ``{name: finite weight ≥ 0}`` with a positive sum (names: at FIT_START)."""
-    if weights is None:
-        return None
-    if not isinstance(weights, Mapping) or not weights:
-        raise ValueError(f"PiKE option 'initial_weights' must be a mapping {{domain: weight}}, got {weights!r}")
-    bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-           or not math.isfinite(v) or v < 0}
-    if bad or sum(weights.values()) <= 0:
-        raise ValueError(f"PiKE option 'initial_weights' must hold finite weights ≥ 0 with a positive sum, "
-                         f"got {dict(weights)}")
-    return {str(k): float(v) for k, v in weights.items()}

@@ -307,7 +307,8 @@ class MixingController:
         stats = DomainStats(*np.where(np.isnan(fresh), np.nan, self._estimates))
         new = self.strategy.weights(step + 1, current, stats, batch_size)
         if self.pull > 0:
-            new = apply_floor(pull_toward(new, self.anchor, self.pull, present=~(np.isnan(stats.grad_sq) | np.isnan(stats.variance))),
+            present = ~(np.isnan(stats.grad_sq) | np.isnan(stats.variance))
+            new = apply_floor(pull_toward(new, self.anchor, self.pull, present=present),
                               getattr(self.strategy, "min_weight", 0.0))
         self.updates += 1
         return WeightUpdate(new, stats, None, *self._conflict())

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -297,7 +297,8 @@ def _half_gradient(
     losses = _checked_loss(per_sample_loss, module, _sub_batch(batch, rows, batch_size), rows.numel())
     if not losses.requires_grad:
         name = getattr(per_sample_loss, "__name__", repr(per_sample_loss))
-        raise ValueError(f"per_sample_loss {name} returned losses that do not require grad (detached, or computed under no_grad?)")
+        raise ValueError(f"per_sample_loss {name} returned losses that do not require grad "
+                         f"(detached, or computed under no_grad?)")
     grads = torch.autograd.grad(losses.mean(), params, allow_unused=True)
     return losses.detach().sum(dtype=torch.float64), grads
 

@@ -30,7 +30,7 @@ from pike_stream.controller import CONFLICT_MIN_UPDATES, MixingController
 from pike_stream.mixing import STRATEGIES, get_strategy
 from pike_stream.mixing.apportion import apportion
 from pike_stream.mixing.static import random_domain
-from pike_stream.probe import ProbeResult, causal_lm_per_sample_loss
+from pike_stream.probe import causal_lm_per_sample_loss
 
 SIZES = {"web": 200, "code": 120, "math": 80}
 NAMES = list(SIZES)
@@ -423,7 +423,8 @@ def test_find_mixer_refuses_the_bare_mixer(data_root: str) -> None:
 # ------------------------------------------------------------------------------------------ plain PyTorch
 def test_plain_pytorch_loop_example_from_the_docstring_runs(data_root: str) -> None:
     example = controller_module.__doc__.split("    from pike_stream.controller import MixingController", 1)[1]
-    code = textwrap.dedent("    from pike_stream.controller import MixingController" + example.split("\nWhat the controller owns", 1)[0])
+    code = textwrap.dedent("    from pike_stream.controller import MixingController"
+                           + example.split("\nWhat the controller owns", 1)[0])
     model = tiny_gpt2(dropout=0.0)
     mixer = make_mixer(data_root)
     namespace = {"model": model, "mixer": mixer, "num_steps": 3,

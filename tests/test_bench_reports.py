@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
+import bench_noise as bn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -29,6 +30,24 @@ def test_corpora_report_is_regenerated_exactly_from_the_committed_json(tmp_path:
     result = json.loads((RESULTS / "corpora.json").read_text())
     bcorp.write_report(result, tmp_path)
     assert (tmp_path / "corpora.md").read_text() == (RESULTS / "corpora.md").read_text()
+
+
+def test_noise_report_is_regenerated_exactly_from_the_committed_json(tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "noise.json").read_text())
+    bn.write_report(result, tmp_path)
+    assert (tmp_path / "noise.md").read_text() == (RESULTS / "noise.md").read_text()
+    assert (tmp_path / "noise.png").stat().st_size > 10_000
+
+
+def test_noise_benchmark_chose_on_the_tuning_seed_and_pike_ran_the_shipped_defaults() -> None:
+    result = json.loads((RESULTS / "noise.json").read_text())
+    best = min(result["grid"], key=lambda r: np.mean([v[-1] for v in r["val_loss"].values()]))
+    assert result["best_static"] == best["spec"]["weights"]
+    assert all(r["spec"]["seed"] == result["settings"]["tune_seed"] and r["spec"]["eval_split"] == "train"
+               for r in result["grid"])
+    assert all(r["spec"]["seed"] in result["settings"]["seeds"] and r["spec"]["eval_split"] == "val"
+               for r in result["heldout"])
+    assert result["shipped_defaults"] == bh.shipped_defaults()  # still the library's defaults
 
 
 def test_headroom_goals_follow_the_numbers() -> None:

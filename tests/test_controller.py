@@ -208,8 +208,9 @@ def test_controller_state_round_trip_continues_identically() -> None:
             out.append((w, update.min_cosine, update.conflict))
         return out
 
-    make = lambda: MixingController(get_strategy("balanced_pike", tau=2.0), NAMES, update_interval=1, ema=0.7,
-                                    conflict_threshold=0.5)
+    def make() -> MixingController:
+        return MixingController(get_strategy("balanced_pike", tau=2.0), NAMES, update_interval=1, ema=0.7,
+                                conflict_threshold=0.5)
     reference = make()
     w = updates(reference, 0, np.full(3, 1 / 3))[-1][0]
     state = reference.state_dict()

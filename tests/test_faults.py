@@ -12,7 +12,7 @@ from pike_stream import Domain, PiKEStreamingMixer
 from pike_stream.mixer import ShardIntegrityError
 from pike_stream.storage import EmbeddedS3
 from tests.mds_data import write_domain
-from tests.test_mixer import B, SIZES, run
+from tests.test_mixer import SIZES, B, run
 from tests.test_mixer_s3 import upload_folder
 
 

@@ -185,7 +185,7 @@ def _crash(script: Path, point: str, at: int, yaml_path: Path, overrides: list[s
 def test_crashes_in_an_update_and_in_checkpoint_writes_resume_exactly(s3_env: EmbeddedS3, s3_bucket: str,
                                                                        tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch,
-                                                                       in_process_dist: None) -> None:
+                                                                       in_process_dist: None) -> None:  # noqa: F811
     """One run killed three times, each rerun with the same command and ``autoresume``:
 
     1. inside a PiKE weight update (batch 5 probed, its new weights not yet set) → resumes from step 4;

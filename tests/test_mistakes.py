@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -148,8 +149,11 @@ MISTAKES: list[tuple[str, list[str], Callable[..., None] | None, dict[str, str],
      ["run_name 'tiny'", "optimizer.lr (0.001 → 0.0006)", "run_name=tiny-2", "save_overwrite=true"]),
     ("convert-source-missing", [CONVERT, "{root}/corpus/en", "s3://{bucket}/converted/en", "--domain", "en",
                                 "--seq-len", "16"], None, {}, ["input", "corpus/en does not exist"]),
-    ("convert-bucket-missing", [CONVERT, "{data}", f"s3://{MISSING_BUCKET}/mds/a", "--domain", "a", "--seq-len", "16"],
-     None, {}, [f"bucket '{MISSING_BUCKET}' does not exist", "create it first"]),
+    ("convert-bucket-missing", [CONVERT, "{config}", f"s3://{MISSING_BUCKET}/mds/a", "--domain", "a",
+                                "--seq-len", "16"],
+     None, {}, [f"bucket '{MISSING_BUCKET}' does not exist", "create it or fix the s3:// URL"]),
+    ("convert-mds-folder", [CONVERT, "{data}", "s3://{bucket}/converted/again", "--domain", "a", "--seq-len", "16"],
+     None, {}, ["data/a/train already holds MDS shards (index.json)", "name it in train_loader.domains"]),
 ]
 
 
@@ -243,14 +247,46 @@ def _text(path: Path, megabytes: float, seed: int) -> Path:
     return path
 
 
+def _interrupt_on_progress(proc: subprocess.Popen, bar: str, timeout: float = 240) -> str:
+    """Ctrl-C once the progress bar ``bar`` on stderr shows between 1 and 90 percent; stderr.
+
+    Follows stderr as it is written, so the moment does not depend on how fast this machine converts."""
+    chunks: list[str] = []
+    progressed = threading.Event()
+    pattern = re.compile(re.escape(bar) + r":\s+(\d+)%")
+
+    def follow() -> None:
+        while data := os.read(proc.stderr.fileno(), 65536):
+            chunks.append(data.decode("utf-8", "replace"))
+            if any(1 <= int(p) <= 90 for p in pattern.findall(chunks[-1])):
+                progressed.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        assert progressed.wait(timeout), f"no progress to interrupt:\n{''.join(chunks)[-4000:]}"
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=30)
+    err = "".join(chunks)
+    assert proc.returncode == 130, f"exit status {proc.returncode}:\n{err[-4000:]}"
+    assert "Traceback" not in err + proc.stdout.read(), err
+    return err
+
+
 def test_ctrl_c_during_convert_leaves_nothing_and_a_rerun_converts(world: SimpleNamespace) -> None:
     cwd = world.root / "interrupt-convert"
-    source = _text(cwd / "corpus" / "big.txt", 8, seed=1)
+    for i in range(24):  # 24 documents of 1 MB: the progress bar moves 4% at a time
+        source = _text(cwd / "corpus" / f"part-{i:02d}.txt", 1, seed=i)
     command = [CONVERT, str(source.parent), f"s3://{world.bucket}/converted/big", "--domain", "big", "--seq-len", "64",
                "--size-limit", "0.25"]
-    proc = _cli(world, cwd, *command)
-    _, err = _interrupt_when(proc, lambda: bool(_keys(world, "converted/big/")))  # shards are being uploaded
-    assert _message_lines(err) == [f"pike-stream convert: interrupted; the partial output was removed, nothing "
+    err = _interrupt_on_progress(_cli(world, cwd, *command), "convert big")  # shards are being uploaded
+    assert _message_lines(err) == [f"pike-stream convert: {source.parent} read as text (24 files)",
+                                   f"pike-stream convert: interrupted; the partial output was removed, nothing "
                                    f"half-written is left at s3://{world.bucket}/converted/big: rerun the same "
                                    f"command to convert it"], err
     assert _keys(world, "converted/big/") == []

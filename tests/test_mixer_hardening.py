@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import shutil
 import threading
@@ -20,7 +19,7 @@ from pike_stream import Domain, MixerStateError, PiKEStreamingMixer
 from pike_stream.mixer import ShardFetchError
 from pike_stream.storage import EmbeddedS3, s3_client
 from tests.mds_data import decode_ids, write_domain
-from tests.test_mixer import B, SIZES, make_mixer, run, schedule
+from tests.test_mixer import SIZES, B, make_mixer, run
 from tests.test_mixer_s3 import upload_folder
 
 

@@ -10,7 +10,7 @@ from pike_stream import Domain, PiKEStreamingMixer
 from pike_stream.mixer import ShardIntegrityError
 from pike_stream.storage import s3_client
 from tests.mds_data import write_domain
-from tests.test_mixer import B, SIZES, run
+from tests.test_mixer import SIZES, B, run
 
 
 def upload_folder(settings, bucket: str, folder: str, prefix: str) -> None:
@@ -49,6 +49,7 @@ def test_corrupt_remote_shard_is_reported(remote_domains, s3_env, tmp_path):
     s3_client(s3_env.settings).put_object(Bucket=bucket, Key=f"corpus/de/{shard}", Body=bytes(data))
     mixer = PiKEStreamingMixer([Domain("de", remote=f"s3://{bucket}/corpus/de", local=str(tmp_path / "de"))],
                                global_batch_size=B, seed=7, read_ahead=0, read_ahead_workers=0)
-    with pytest.raises(ShardIntegrityError, match=rf"domain 'de': shard {shard} is corrupt: xxh64 expected \w+, got \w+"):
+    corrupt = rf"domain 'de': shard {shard} is corrupt: xxh64 expected \w+, got \w+"
+    with pytest.raises(ShardIntegrityError, match=corrupt):
         for _ in range(200):
             mixer.next_batch()

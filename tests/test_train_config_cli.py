@@ -89,7 +89,7 @@ def test_cache_limit_is_read_as_a_byte_size(tmp_path, value, expected):
     ({"read_ahead_workers": -1}, r"train_loader\.read_ahead_workers: must be ≥ 0"),
     ({"shuffle_algo": "py1x"}, r"train_loader\.shuffle_algo: 'py1x' is not one of .*py1e"),
     ({"weights": {"a": -1, "b": 1}}, r"train_loader\.weights: must be finite and ≥ 0"),
-    ({"weights": {"a": 0, "b": 0}}, r"train_loader\.weights: are all 0"),
+    ({"weights": {"a": 0, "b": 0}}, r"train_loader\.weights: are all zero"),
     ({"read_ahead": -1}, r"train_loader\.read_ahead: must be ≥ 0, got -1"),
 ])
 def test_mixer_settings_are_checked_with_the_config(tmp_path, loader, message):

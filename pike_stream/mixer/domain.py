@@ -46,7 +46,8 @@ class Domain:
         name: the domain's name (checkpoint state and logs are keyed by it).
         remote: ``s3://bucket/prefix`` (any URL mosaicml-streaming downloads from), or None for local data.
         local: the local folder: the data itself when ``remote`` is None, else the download cache. Defaults
-            to ``$PIKE_STREAM_HOME/shards/<hash of remote>`` for remote domains.
+            to ``shards/<name>-<hash of remote>`` in the data home (:func:`pike_stream.home.data_home`) for
+            remote domains.
         split: an optional sub-folder of ``remote``/``local`` (e.g. ``"train"``).
         validate_hash: hash algorithm checked when a shard is downloaded/decompressed; ``"auto"`` picks
             ``xxh64`` (or the first hash the index carries), ``None`` skips the check.
@@ -118,7 +119,7 @@ class DomainSource:
         return self.shards[shard].get_item(int(index))["tokens"]
 
     @classmethod
-    def open(cls, domain: Domain, world: World | None = None) -> "DomainSource":
+    def open(cls, domain: Domain, world: World | None = None) -> DomainSource:
         """Fetch and check ``manifest.json`` and ``index.json``; read no shard."""
         local = domain.resolved_local()
         stream = Stream(remote=domain.remote, local=local, split=domain.split,

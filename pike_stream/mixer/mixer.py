@@ -27,12 +27,11 @@ A step's cursors move only once its batch has been read: a step whose read fails
 from __future__ import annotations
 
 import logging
-import math
 import os
 import weakref
 from collections import deque
-from types import TracebackType
 from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -46,6 +45,7 @@ from pike_stream.mixer.order import DomainOrder, domain_seed
 from pike_stream.mixer.shards import ShardCache
 from pike_stream.mixer.state import MixerState, MixerStateError
 from pike_stream.mixing.apportion import apportion
+from pike_stream.mixing.checks import check_domain_weights
 
 __all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size"]
 
@@ -148,24 +148,13 @@ class PiKEStreamingMixer(IterableDataset):
         return {name: int(c) for name, c in zip(self.domain_names, self._state.consumed)}
 
     def _weights_array(self, weights: Mapping[str, float] | Sequence[float] | np.ndarray) -> np.ndarray:
-        if isinstance(weights, Mapping):
-            unknown = sorted(set(weights) - set(self.domain_names))
-            missing = [n for n in self.domain_names if n not in weights]
-            if unknown or missing:
-                raise ValueError(f"weights must name exactly the domains {self.domain_names}"
-                                 + (f"; unknown: {unknown}" if unknown else "")
-                                 + (f"; missing: {missing}" if missing else ""))
-            values = np.array([weights[n] for n in self.domain_names], dtype=np.float64)
-        else:
+        if not isinstance(weights, Mapping):
             values = np.asarray(weights, dtype=np.float64)
             if values.shape != (len(self.domain_names),):
                 raise ValueError(f"weights must have {len(self.domain_names)} entries (one per domain "
                                  f"{self.domain_names}), got shape {values.shape}")
-        bad = {n: float(w) for n, w in zip(self.domain_names, values) if not math.isfinite(w) or w < 0}
-        if bad:
-            raise ValueError(f"weights must be finite and ≥ 0; got {bad}")
-        if values.sum() <= 0:
-            raise ValueError(f"weights are all zero: {dict(zip(self.domain_names, values.tolist()))}")
+            weights = dict(zip(self.domain_names, values.tolist()))
+        values = np.array(list(check_domain_weights(weights, self.domain_names).values()), dtype=np.float64)
         return values / values.sum()
 
     # ----------------------------------------------------------------------------------------- lifetime
@@ -174,7 +163,7 @@ class PiKEStreamingMixer(IterableDataset):
         error. Idempotent; also done when the mixer is garbage-collected."""
         self._finalizer()
 
-    def __enter__(self) -> "PiKEStreamingMixer":
+    def __enter__(self) -> PiKEStreamingMixer:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -2,7 +2,8 @@
 
 A domain's cursor is the number of samples drawn from it so far (``consumed``). Position ``p`` of the
 infinite stream is sample ``order(epoch = p // N)[p % N]``: every sample appears once per domain epoch
-(the README's mixer invariants: without replacement), whatever the weights did, and resuming needs nothing but ``consumed``.
+(the README's mixer invariants: without replacement), whatever the weights did, and resuming needs nothing
+but ``consumed``.
 """
 
 from __future__ import annotations

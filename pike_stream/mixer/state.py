@@ -34,7 +34,7 @@ class MixerState:
     weights: np.ndarray   # [K] float64: the weights that will compose batch ``step``
     probed: np.ndarray    # [K] int64: samples drawn from each domain's probe order so far (its probe cursor)
 
-    def copy(self) -> "MixerState":
+    def copy(self) -> MixerState:
         return MixerState(self.step, self.consumed.copy(), self.carry.copy(), self.weights.copy(),
                           self.probed.copy())
 
@@ -58,7 +58,7 @@ class MixerState:
 
     @classmethod
     def from_dict(cls, obj: Any, *, names: list[str], fingerprints: list[str], global_batch_size: int, seed: int,
-                  shuffle: dict[str, Any]) -> "MixerState":
+                  shuffle: dict[str, Any]) -> MixerState:
         """Check a saved state against this mixer's settings and data, then load it.
 
         A malformed state (a field missing or of the wrong type, e.g. a hand-edited or truncated checkpoint)

@@ -7,7 +7,8 @@ step (a largest-remainder apportionment with memory):
     x_k = w_k·B + r_k            desired share this step, including what is owed from earlier steps
     n_k = ⌊max(x_k, 0)⌋          then ±1 to the largest / smallest remainders until Σ n_k = B
     r_k ← x_k − n_k              Σ_k r_k stays 0, so the cumulative count of domain k stays within a small
-                                 constant of Σ_t w_k(t)·B over any run of steps (the README's mixer invariants: fidelity)
+                                 constant of Σ_t w_k(t)·B over any run of steps (the README's mixer
+                                 invariants: fidelity)
 
 Ties are broken by domain index, so the result is a pure function of (weights, B, carry).
 """

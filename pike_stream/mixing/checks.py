@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_batch_size", "check_non_negative_int", "check_num_domains", "check_sizes", "check_step"]
+__all__ = ["check_batch_size", "check_domain_weights", "check_non_negative_int", "check_num_domains", "check_sizes",
+           "check_step"]
 
 
 def check_non_negative_int(value: Any, name: str) -> int:
@@ -43,3 +46,32 @@ def check_sizes(sizes: Any) -> np.ndarray:
     if not np.all(np.isfinite(n)) or np.any(n < 0) or n.sum() <= 0:
         raise ValueError(f"sizes must be finite, non-negative and not all zero, got {n.tolist()}")
     return n
+
+
+def check_domain_weights(weights: Any, names: Sequence[str] | None = None, *, key: str = "weights") -> dict[str, float]:
+    """Mixture weights ``{domain: weight}``: finite real numbers ≥ 0 with a positive sum, not normalised.
+
+    With ``names``, the mapping must name exactly those domains and the result follows their order. The one check
+    of the mixer's weights, PiKE's ``initial_weights`` and a config's ``train_loader.weights``: ``ValueError``
+    messages start with ``key`` (the argument, option or config key at fault).
+    """
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"{key}: must be a mapping {{domain: weight}} naming at least one domain, got {weights!r}")
+    values = {str(name): value for name, value in weights.items()}
+    if names is not None:
+        names = list(names)
+        unknown = sorted(set(values) - set(names))
+        missing = [n for n in names if n not in values]
+        if unknown or missing:
+            raise ValueError(f"{key}: must name exactly the domains {names}"
+                             + (f"; unknown: {unknown}" if unknown else "")
+                             + (f"; missing: {missing}" if missing else ""))
+        values = {n: values[n] for n in names}
+    bad = {n: w for n, w in values.items()
+           if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating))
+           or not math.isfinite(w) or w < 0}
+    if bad:
+        raise ValueError(f"{key}: must be finite and ≥ 0, got {bad}")
+    if sum(values.values()) <= 0:
+        raise ValueError(f"{key}: are all zero ({values}); give at least one domain a weight > 0")
+    return {n: float(w) for n, w in values.items()}

@@ -5,8 +5,9 @@
     pike-stream s3 status           endpoint, pid, data folder, buckets
     pike-stream s3 stop             stop it (weed takes ~16 s to shut down cleanly)
 
-Every sub-command takes ``--data-dir`` (default: ``$PIKE_STREAM_HOME/s3`` or
-``~/.cache/pike_stream/s3``, the folder :func:`pike_stream.storage.ensure_storage` uses).
+Every sub-command takes ``--data-dir`` (default: ``s3/`` in the data home, :func:`pike_stream.home.data_home`:
+``$PIKE_STREAM_HOME/s3``, else ``$XDG_CACHE_HOME/pike_stream/s3``, else ``~/.cache/pike_stream/s3``; the folder
+:func:`pike_stream.storage.ensure_storage` uses).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
             "--data-dir",
             type=Path,
             default=None,
-            help="the server's data folder (default: $PIKE_STREAM_HOME/s3 or ~/.cache/pike_stream/s3)",
+            help="the server's data folder (default: $PIKE_STREAM_HOME/s3, else $XDG_CACHE_HOME/pike_stream/s3, "
+            "else ~/.cache/pike_stream/s3)",
         )
         if name == "start":
             command.add_argument("--bucket", action="append", default=[], metavar="NAME",

@@ -9,6 +9,7 @@ and which are not (a rejected key, a missing object, a bug).
 
 from __future__ import annotations
 
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -20,21 +21,23 @@ from pike_stream.storage.settings import (
     StorageError,
 )
 
-__all__ = ["check_access", "explain_client_error", "is_transient_error", "s3_client"]
+__all__ = ["check_access", "endpoint_for_messages", "explain_client_error", "is_transient_error", "s3_client"]
 
 _ACCESS_CHECK_PREFIX = ".pike_stream-access-check/"
 
 
-def s3_client(settings: S3Settings, *, timeout_s: float = 60.0, max_attempts: int = 5) -> Any:
+def s3_client(settings: S3Settings, *, timeout_s: float = 60.0, max_attempts: int = 5,
+              connect_timeout_s: float | None = None) -> Any:
     """A boto3 S3 client for ``settings`` (path-style addressing, which S3-compatible servers expect).
 
-    ``max_attempts`` counts the first try; ``timeout_s`` bounds connecting and each read.
+    ``max_attempts`` counts the first try; ``timeout_s`` bounds each read, and connecting too unless
+    ``connect_timeout_s`` is given. A malformed ``S3_ENDPOINT_URL`` is a :class:`StorageError` naming it.
     """
     import boto3
     from botocore.config import Config
 
     config = Config(
-        connect_timeout=timeout_s,
+        connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s,
         read_timeout=timeout_s,
         retries={"max_attempts": max_attempts, "mode": "standard"},
         s3={"addressing_style": "path"},
@@ -49,40 +52,59 @@ def s3_client(settings: S3Settings, *, timeout_s: float = 60.0, max_attempts: in
             config=config,
         )
     except ValueError as exc:  # botocore rejects a malformed endpoint with ValueError
-        raise StorageError(f"{ENV_ENDPOINT_URL}={settings.endpoint_url!r} is not a valid URL: {exc}") from exc
+        raise StorageError(
+            f"{ENV_ENDPOINT_URL}={endpoint_for_messages(settings)!r} is not a valid URL: {settings.redact(str(exc))}"
+        ) from exc
 
 
-def _endpoint(settings: S3Settings) -> str:
-    return settings.endpoint_url or "AWS S3 (no S3_ENDPOINT_URL set)"
+def endpoint_for_messages(settings: S3Settings) -> str:
+    """The endpoint as messages name it: its URL without any ``user:password@``, or AWS S3 when none is set."""
+    url = settings.endpoint_url
+    if not url:
+        return f"AWS S3 (no {ENV_ENDPOINT_URL} set)"
+    parsed = urllib.parse.urlparse(url)
+    if parsed.username is None and parsed.password is None:
+        return url
+    host = (parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")
+    return parsed._replace(netloc=host).geturl()
+
+
+# Error codes of a key the endpoint does not accept, besides the two named precisely below.
+_REFUSED_KEY_CODES = frozenset({"InvalidToken", "ExpiredToken"})
+# What a HEAD request's 403 looks like: no body, so no S3 error code to tell a wrong key from a denied read.
+_BARE_FORBIDDEN_CODES = frozenset({"403", "Forbidden"})
 
 
 def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, operation: str,
-                         key: str | None = None) -> StorageError:
+                         key: str | None = None, *, url: str | None = None) -> StorageError:
     """A :class:`StorageError` for a botocore exception raised by ``operation`` on ``bucket`` (object ``key``).
 
     Unreachable endpoint → names ``S3_ENDPOINT_URL`` and the URL; a rejected key → names
     ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (the secret itself is never shown); a missing bucket →
     names the bucket; a missing object → names ``s3://bucket/key``; AccessDenied on a write → says the key
-    is read-only for that bucket.
+    is read-only for that bucket. ``url``: the ``s3://`` location being accessed, for the messages (default:
+    the bucket, or the object).
     """
     from botocore.exceptions import (
         ClientError,
         ConnectTimeoutError,
         EndpointConnectionError,
         NoCredentialsError,
+        PartialCredentialsError,
         ReadTimeoutError,
     )
 
-    endpoint = _endpoint(settings)
+    endpoint = endpoint_for_messages(settings)
     key_id = settings.access_key_id or "(from the boto3 credential chain)"
+    where = url or (f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}")
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
         return StorageError(
-            f"cannot reach the S3 endpoint {endpoint}: check {ENV_ENDPOINT_URL} "
+            f"cannot reach the S3 endpoint {endpoint} for {where}: check {ENV_ENDPOINT_URL} "
             f"(is the server running and the URL right?); {settings.redact(str(exc))}"
         )
     if isinstance(exc, ReadTimeoutError):
         return StorageError(f"the S3 endpoint {endpoint} ({ENV_ENDPOINT_URL}) did not answer {operation} in time")
-    if isinstance(exc, NoCredentialsError):
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return StorageError(
             f"no S3 credentials found for {endpoint}: set {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}"
         )
@@ -103,6 +125,11 @@ def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, 
             f"the S3 endpoint {endpoint} does not know access key id {key_id!r}: "
             f"check {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}"
         )
+    if code in _REFUSED_KEY_CODES:
+        return StorageError(
+            f"the S3 endpoint {endpoint} refused the credentials of access key id {key_id!r} for {where} ({code}): "
+            f"check {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}"
+        )
     if code == "NoSuchBucket" or (code in ("404", "NotFound") and operation == "HeadBucket"):
         return StorageError(f"bucket {bucket!r} does not exist at {endpoint}: create it or fix the s3:// URL")
     if key is not None and (code in ("NoSuchKey", "NotFound") or (code == "404" and operation != "HeadBucket")):
@@ -113,6 +140,12 @@ def explain_client_error(exc: BaseException, settings: S3Settings, bucket: str, 
                 f"access key id {key_id!r} is read-only for bucket {bucket!r} at {endpoint} "
                 f"({operation} was denied): use a key with write access in "
                 f"{ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}"
+            )
+        if code in _BARE_FORBIDDEN_CODES:
+            return StorageError(
+                f"the S3 endpoint {endpoint} refused the credentials of access key id {key_id!r} for {where} "
+                f"({operation}: {code}): check {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}, "
+                f"and the bucket's policy"
             )
         return StorageError(
             f"access key id {key_id!r} may not read bucket {bucket!r} at {endpoint} ({operation} was denied): "

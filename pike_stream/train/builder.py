@@ -43,9 +43,9 @@ from pike_stream.train.composer_compat import (
 from pike_stream.train.config import ConfigError, DomainConfig, TrainConfig
 from pike_stream.train.evaluation import domain_evaluator
 from pike_stream.train.logs import BatchLog, JSONLinesLogger
+from pike_stream.train.model import CausalLM
 from pike_stream.train.preflight import CONFIG_FILENAME, check_run_folder, prepare_storage
 from pike_stream.train.records import METRICS_FILENAME
-from pike_stream.train.model import CausalLM
 
 __all__ = ["CONFIG_FILENAME", "build_trainer", "check_run_folder", "prepare_storage"]
 
@@ -328,7 +328,8 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
             max_duration=f"{max_batches}ba",
             eval_dataloader=evaluators or None,
             # Without evaluators, Composer's default (an eval_interval would only draw its "has no effect" warning).
-            eval_interval=f"{cfg.batches(cfg.eval_interval or cfg.max_duration, 'eval_interval')}ba" if evaluators else 1,
+            eval_interval=(f"{cfg.batches(cfg.eval_interval or cfg.max_duration, 'eval_interval')}ba"
+                           if evaluators else 1),
             optimizers=optimizer,
             schedulers=_scheduler(cfg),
             algorithms=algorithms,

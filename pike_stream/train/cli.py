@@ -65,8 +65,8 @@ def train(cfg: TrainConfig) -> None:
     from composer.utils import dist
 
     from pike_stream.report import write_report
-    from pike_stream.train.composer_compat import close_checkpoint_uploader
     from pike_stream.train.builder import build_trainer, forget_local_checkpoint_copy
+    from pike_stream.train.composer_compat import close_checkpoint_uploader
 
     trainer = build_trainer(cfg, preflight=False)
     interrupted = False

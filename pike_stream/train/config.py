@@ -34,6 +34,7 @@ from pike_stream.controller import (
     DEFAULT_UPDATE_INTERVAL,
 )
 from pike_stream.mixing import STRATEGIES
+from pike_stream.mixing.checks import check_domain_weights
 
 __all__ = [
     "AlgorithmsConfig",
@@ -154,8 +155,8 @@ class PiKEConfig:
 
     The strategy's own options (``zeta1``, ``zeta2``, ``tau``, ``temperature``, …) sit beside these keys and
     are collected into ``strategy_options``; which ones exist depends on the strategy. The defaults are
-    :mod:`pike_stream.controller`'s, which :class:`pike_stream.algorithm.PiKE` uses too; ``conflict_threshold: null`` turns the
-    gradient-conflict warning off.
+    :mod:`pike_stream.controller`'s, which :class:`pike_stream.algorithm.PiKE` uses too;
+    ``conflict_threshold: null`` turns the gradient-conflict warning off.
     """
 
     strategy: str = "pike"
@@ -329,16 +330,11 @@ def _check_semantics(cfg: TrainConfig) -> None:
     if loader.shuffle_algo not in _SHUFFLE_ALGOS:
         raise ConfigError(f"train_loader.shuffle_algo: {loader.shuffle_algo!r} is not one of "
                           f"{', '.join(sorted(_SHUFFLE_ALGOS))}")
-    weights = loader.weights
-    if weights is not None:
-        names = [d.name for d in loader.domains]
-        if set(weights) != set(names):
-            raise ConfigError(f"train_loader.weights: must name exactly the domains {names}; got {sorted(weights)}")
-        bad = {n: w for n, w in weights.items() if not math.isfinite(w) or w < 0}
-        if bad:
-            raise ConfigError(f"train_loader.weights: must be finite and ≥ 0, got {bad}")
-        if sum(weights.values()) <= 0:
-            raise ConfigError(f"train_loader.weights: are all 0 ({weights}); give at least one domain weight > 0")
+    if loader.weights is not None:
+        try:
+            check_domain_weights(loader.weights, [d.name for d in loader.domains], key="train_loader.weights")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     pike = cfg.algorithms.pike
     if pike is not None:
         if pike.strategy not in STRATEGIES:
