@@ -35,6 +35,7 @@ from converters.output import open_destination
 from converters.packing import Packer
 from converters.sources import Part, open_source
 from converters.tokenizers import load_tokenizer, token_dtype
+from pike_stream.streaming_compat import require_writer_internals
 
 __all__ = ["DEFAULT_SIZE_LIMIT_MB", "COMPRESSION", "HASHES", "TokenWriter", "convert"]
 
@@ -57,6 +58,7 @@ class TokenWriter(MDSWriter):
 
     def __init__(self, *, seq_len: int, dtype: str, **kwargs: Any) -> None:
         super().__init__(columns={"tokens": f"ndarray:{dtype}:{seq_len}"}, **kwargs)
+        require_writer_internals(self)  # the attributes below are streaming's private ones
         self._row = (np.dtype(dtype), (seq_len,))
 
     def encode_sample(self, sample: dict[str, Any]) -> bytes:

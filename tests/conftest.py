@@ -153,3 +153,20 @@ def fresh_s3_server(tmp_path: Path) -> Iterator[EmbeddedS3]:
     server = EmbeddedS3(tmp_path / "s3", read_only_identity=True).start()
     yield server
     server.stop(grace_s=0.0)
+
+
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def in_process_dist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Composer in this process: its environment variables and process group are undone afterwards, and
+    relative checkpoint folders land in ``tmp_path``."""
+    import torch.distributed
+
+    for name in _DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -162,18 +162,6 @@ def _assert_same_batches(reference: Path, resumed: Path, steps: int) -> None:
         np.testing.assert_array_equal(got[step][1], expected[step][1], err_msg=f"sample ids of step {step}")
 
 
-@pytest.fixture
-def in_process_dist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Composer in this process: its environment variables and process group are undone afterwards, and
-    relative checkpoint folders land in ``tmp_path``."""
-    import torch.distributed
-
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------- config

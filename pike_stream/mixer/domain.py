@@ -21,6 +21,7 @@ from streaming.base.stream import Stream
 from streaming.base.world import World
 
 from pike_stream.home import data_home
+from pike_stream.streaming_compat import download_stream_file
 
 __all__ = ["Domain", "DomainSource", "DomainDataError", "default_cache_root"]
 
@@ -176,7 +177,7 @@ def _load_manifest(domain: Domain, stream: Stream) -> dict[str, Any]:
         os.close(fd)
         os.remove(tmp)
         try:
-            stream._download_file(MANIFEST_BASENAME, os.path.basename(tmp))
+            download_stream_file(stream, MANIFEST_BASENAME, os.path.basename(tmp))
         except FileNotFoundError as error:
             raise DomainDataError(f"domain {domain.name!r}: no {MANIFEST_BASENAME} at "
                                   f"{domain.where(MANIFEST_BASENAME)}; convert the domain with "

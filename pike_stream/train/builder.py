@@ -40,7 +40,7 @@ from pike_stream.train.composer_compat import (
     checkpoint_uploaders,
     close_orphaned_checkpoint_uploaders,
 )
-from pike_stream.train.config import ConfigError, DomainConfig, TrainConfig
+from pike_stream.train.config import ConfigError, DomainConfig, TensorBoardConfig, TrainConfig
 from pike_stream.train.evaluation import domain_evaluator
 from pike_stream.train.logs import BatchLog, JSONLinesLogger
 from pike_stream.train.model import CausalLM
@@ -180,7 +180,42 @@ def _loggers(cfg: TrainConfig, run_folder: str) -> list[LoggerDestination]:
     if cfg.loggers.console:
         interval = cfg.batches(cfg.loggers.console_interval, "loggers.console_interval")
         loggers.append(ConsoleLogger(log_interval=f"{interval}ba"))
+    if cfg.loggers.tensorboard is not None:
+        loggers.append(_tensorboard_logger(cfg.loggers.tensorboard, run_folder))
+    if cfg.loggers.mlflow is not None:
+        loggers.append(_mlflow_logger(cfg, run_folder))
     return loggers
+
+
+def _missing_package(key: str, package: str) -> ConfigError:
+    return ConfigError(f"{key}: needs the `{package}` package (pip install {package}), or remove {key}")
+
+
+def _tensorboard_logger(tb: TensorBoardConfig, run_folder: str) -> LoggerDestination:
+    try:
+        import tensorboard  # noqa: F401 - Composer's logger imports it only when the trainer starts
+    except ImportError:
+        raise _missing_package("loggers.tensorboard", "tensorboard") from None
+    from composer.loggers import TensorboardLogger
+
+    log_dir = tb.log_dir or os.path.join(run_folder, "tensorboard")
+    log.info("TensorBoard: event files in %s (tensorboard --logdir %s)", log_dir, log_dir)
+    return TensorboardLogger(log_dir=log_dir, flush_interval=tb.flush_interval)
+
+
+def _mlflow_logger(cfg: TrainConfig, run_folder: str) -> LoggerDestination:
+    ml = cfg.loggers.mlflow
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise _missing_package("loggers.mlflow", "mlflow-skinny") from None
+    from composer.loggers import MLFlowLogger
+
+    uri = ml.tracking_uri or f"sqlite:///{Path(run_folder, 'mlflow.db').resolve()}"
+    experiment = ml.experiment_name or cfg.run_name
+    log.info("MLflow: experiment %r at %s", experiment, uri)
+    return MLFlowLogger(experiment_name=experiment, run_name=cfg.run_name, tags=ml.tags, tracking_uri=uri,
+                        synchronous=True, log_system_metrics=ml.log_system_metrics)
 
 
 def _save_config(cfg: TrainConfig, run_folder: str) -> None:
@@ -233,32 +268,32 @@ def _recover_interrupted_checkpoints(folder: str) -> None:
                     "resuming from it", latest, target or "nothing", newest)
 
 
-def _local_copy_of_remote_latest(cfg: TrainConfig, rank: int) -> str | None:
-    """Where Composer keeps its local copy of a remote ``save_folder``'s ``latest`` checkpoint, or None.
+def _remote_latest_checkpoint(cfg: TrainConfig, rank: int) -> str | None:
+    """With ``autoresume`` and an ``s3://`` save_folder: the URI of the run's ``latest`` checkpoint pointer in
+    the bucket (Composer follows its ``.symlink``), or None when the bucket holds none yet. Rank 0 asks the
+    bucket and every rank gets its answer.
 
-    Composer's autoresume looks for ``os.path.join(save_folder, "latest-rank<r>.pt")`` on the local disk
-    first, and only downloads the remote one when that path does not exist. For ``s3://b/p`` that path is
-    ``./s3:/b/p/latest-rank<r>.pt`` under the working directory: a copy of whatever a previous run in this
-    folder saw last, possibly from another server, or behind checkpoints that another node wrote since.
+    This replaces Composer's own autoresume for remote folders, which downloads the checkpoint into
+    ``./s3:/…`` under rank 0's working directory, a path every node then uses: nodes sharing a file system
+    collide there (one node removes the other's signal file), and a copy left by an earlier run in that
+    folder is taken for the bucket's latest. Loading the URI instead downloads into a temporary folder per
+    node, and the bucket is the only record that every node and every clone shares.
     """
-    if not (cfg.autoresume and cfg.save_folder and "://" in cfg.save_folder):
+    if not (cfg.autoresume and cfg.save_folder and cfg.save_folder.startswith("s3://")):
         return None
-    return os.path.join(cfg.save_folder.format(run_name=cfg.run_name), _LATEST_NAME.replace("rank0", f"rank{rank}"))
-
-
-def forget_local_checkpoint_copy(cfg: TrainConfig, rank: int) -> None:
-    """Remove Composer's local copy of a remote ``latest`` checkpoint (and its folders, when empty), so that
-    autoresume reads object storage, the only record that every node and every clone shares."""
-    path = _local_copy_of_remote_latest(cfg, rank)
-    if path is None:
-        return
-    if os.path.lexists(path):
-        os.remove(path)
-    folder = os.path.dirname(path)
-    try:
-        os.removedirs(folder)  # up to and including the "s3:" folder, as far as they are empty
-    except OSError:
-        pass
+    where = urlparse(cfg.save_folder.format(run_name=cfg.run_name))
+    bucket, key = where.netloc, "/".join(part for part in (where.path.strip("/"), _LATEST_NAME) if part)
+    found: list[str | None] = [None]
+    if rank == 0:
+        settings = S3Settings.from_env()
+        try:
+            s3_client(settings).head_object(Bucket=bucket, Key=key + ".symlink")
+            found[0] = f"s3://{bucket}/{key}"
+        except Exception as error:  # noqa: BLE001 - classified below
+            if getattr(error, "response", {}).get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise explain_client_error(error, settings, bucket, "find the latest checkpoint", key) from error
+    dist.broadcast_object_list(found, src=0)
+    return found[0]
 
 
 def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
@@ -273,7 +308,6 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
     if preflight:
         check_run_folder(cfg)
         prepare_storage(cfg)
-    forget_local_checkpoint_copy(cfg, rank)
     if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder:
         if rank == 0:
             _recover_interrupted_checkpoints(cfg.save_folder.format(run_name=cfg.run_name))
@@ -316,8 +350,12 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
         log.info("checkpoints every %s to %s (keeping %s)%s", cfg.save_interval, cfg.save_folder,
                  "all" if cfg.save_num_checkpoints_to_keep < 0 else cfg.save_num_checkpoints_to_keep,
                  "; autoresume: continuing from the latest one there if any" if cfg.autoresume else "")
-    if cfg.load_path:
-        log.info("loading the checkpoint %s", cfg.load_path)
+    remote_latest = _remote_latest_checkpoint(cfg, rank)
+    load_path = remote_latest or cfg.load_path
+    if remote_latest:
+        log.info("autoresume: loading the latest checkpoint of %s", cfg.save_folder)
+    elif load_path:
+        log.info("loading the checkpoint %s", load_path)
 
     uploaders = checkpoint_uploaders()
     try:
@@ -343,8 +381,9 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
             # A run killed after uploading a checkpoint but before its `latest` pointer resumes from the one
             # before and writes the same checkpoints again (resumption is exact): let it replace them.
             save_overwrite=cfg.save_overwrite or cfg.autoresume,
-            autoresume=cfg.autoresume,
-            load_path=cfg.load_path,
+            # Remote save_folder: resumed from the bucket above (load_path), not by Composer's autoresume.
+            autoresume=cfg.autoresume and not (cfg.save_folder or "").startswith("s3://"),
+            load_path=load_path,
             # The mixer resumes from its own state; Composer spinning the iterator forward would skip batches.
             spin_dataloaders=False,
             seed=cfg.seed,

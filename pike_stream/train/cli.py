@@ -65,7 +65,7 @@ def train(cfg: TrainConfig) -> None:
     from composer.utils import dist
 
     from pike_stream.report import write_report
-    from pike_stream.train.builder import build_trainer, forget_local_checkpoint_copy
+    from pike_stream.train.builder import build_trainer
     from pike_stream.train.composer_compat import close_checkpoint_uploader
 
     trainer = build_trainer(cfg, preflight=False)
@@ -95,7 +95,6 @@ def train(cfg: TrainConfig) -> None:
             if not (interrupted and _is_interrupt(stop)):
                 raise
         close_checkpoint_uploader(trainer)
-        forget_local_checkpoint_copy(cfg, dist.get_global_rank())
     if dist.get_global_rank() == 0:
         if not os.path.exists(os.path.join(cfg.resolved_run_folder, METRICS_FILENAME)):
             print(f"no metrics in the run folder {cfg.resolved_run_folder} (the run was trained elsewhere, and its "

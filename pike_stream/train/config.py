@@ -179,15 +179,36 @@ class AlgorithmsConfig:
 
 
 @dataclass(kw_only=True)
-class LoggersConfig:
-    """What is printed: Composer's progress bar and/or its console logger every ``console_interval``.
+class TensorBoardConfig:
+    """Composer's ``TensorboardLogger`` (needs the ``tensorboard`` package); ``log_dir`` defaults to
+    ``<run_folder>/tensorboard``."""
 
-    The run's metrics always go to ``<run_folder>/metrics.jsonl`` as well (``pike-stream report`` reads it).
-    """
+    log_dir: str | None = None
+    flush_interval: int = 100
+
+
+@dataclass(kw_only=True)
+class MLflowConfig:
+    """Composer's ``MLFlowLogger`` (needs ``mlflow``, or ``mlflow-skinny`` with ``sqlalchemy`` and ``alembic``).
+    ``tracking_uri`` defaults to a local database, ``sqlite:///<run_folder>/mlflow.db`` (no server, no
+    network: ``mlflow ui --backend-store-uri`` that URI shows it); ``experiment_name`` to the run's name."""
+
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    tags: dict[str, str] | None = None
+    log_system_metrics: bool = False
+
+
+@dataclass(kw_only=True)
+class LoggersConfig:
+    """Where metrics go besides ``<run_folder>/metrics.jsonl`` (always written; ``pike-stream report`` reads
+    it): Composer's progress bar, its console logger every ``console_interval``, TensorBoard and MLflow."""
 
     progress_bar: bool = False
     console: bool = True
     console_interval: str = "10ba"
+    tensorboard: TensorBoardConfig | None = None
+    mlflow: MLflowConfig | None = None
 
 
 @dataclass(kw_only=True)

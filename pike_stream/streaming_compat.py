@@ -1,0 +1,55 @@
+"""The places pike_stream reaches into mosaicml-streaming's private attributes, kept here with their reasons.
+
+Each fails loudly, naming the attribute and the version, on a mosaicml-streaming without it (rather than
+silently doing something else); ``tests/test_streaming_compat.py`` checks that the installed version has
+them and that they still do what is relied on. (Composer's are in :mod:`pike_stream.train.composer_compat`.)
+
+- ``Stream._download_file``: the mixer fetches a domain's ``manifest.json`` beside streaming's
+  ``index.json``, with the same storage back-ends, retries and settings streaming uses for the index.
+- ``MDSWriter._write_index``, ``.executor``, ``.event`` and ``.exception_callback``: the converter's writer
+  uploads ``index.json`` only after every shard upload has finished, and stays quiet about uploads cancelled
+  by an interrupted conversion (:class:`converters.conversion.TokenWriter`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["MDS_WRITER_INTERNALS", "StreamingCompatError", "download_stream_file", "require_writer_internals"]
+
+MDS_WRITER_INTERNALS = ("_write_index", "executor", "event", "exception_callback")
+
+
+class StreamingCompatError(RuntimeError):
+    """The installed mosaicml-streaming lacks a private attribute pike_stream relies on."""
+
+
+def _version() -> str:
+    try:
+        import streaming
+
+        return str(streaming.__version__)
+    except (ImportError, AttributeError):
+        return "unknown"
+
+
+def _missing(what: str) -> StreamingCompatError:
+    return StreamingCompatError(f"mosaicml-streaming {_version()} has no {what}, which pike_stream relies on "
+                                f"(see pike_stream/streaming_compat.py); install the version in constraints.txt")
+
+
+def download_stream_file(stream: Any, remote_basename: str, local_basename: str) -> None:
+    """Download ``remote_basename`` of a streaming ``Stream`` (its remote and split) to ``local_basename`` in
+    its local folder, as streaming downloads ``index.json``. Raises ``FileNotFoundError`` if it is absent."""
+    download = getattr(stream, "_download_file", None)
+    if download is None:
+        raise _missing("Stream._download_file")
+    download(remote_basename, local_basename)
+
+
+def require_writer_internals(writer: Any) -> None:
+    """Check that a streaming ``MDSWriter`` has what :class:`converters.conversion.TokenWriter` overrides and
+    uses, before any sample is written."""
+    for name in MDS_WRITER_INTERNALS:
+        if not hasattr(writer, name):
+            raise _missing(f"MDSWriter.{name}")
