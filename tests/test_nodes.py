@@ -3,7 +3,7 @@ one rank per node, its own node-local shard cache), one embedded S3 server holdi
 checkpoints, and the run folder shared as a cluster's file system would be.
 
 Invariant: whatever happens to the nodes — both killed at once and restarted, one killed alone (the other
-then fails at its next collective and the pair is restarted), the rest of the run on a single node — the
+then fails at its next collective), the rest of the run on a single node — the
 global batches and the mixture weights are those of an uninterrupted run.
 """
 
@@ -166,7 +166,7 @@ def test_node_restarts_and_a_single_node_resume_keep_the_global_batches(s3_env: 
     for node in pair:
         node.start()
     try:
-        _wait_for_step(pair, shared, offset, 14, uploaded_after(9))
+        _wait_for_step(pair, shared, offset, 20, uploaded_after(12))
         pair[1].kill()
         # The survivor fails at its next collective; it must end by itself, not hang.
         try:
@@ -179,21 +179,11 @@ def test_node_restarts_and_a_single_node_resume_keep_the_global_batches(s3_env: 
             node.kill()
     assert "resumed at step" in pair[0].log.read_text()
 
-    # 3. Both restarted after the single-node failure, killed once more.
-    pair, offset = nodes(2), _log_size(shared)
-    for node in pair:
-        node.start()
-    try:
-        _wait_for_step(pair, shared, offset, 24, uploaded_after(15))
-    finally:
-        for node in pair:
-            node.kill()
-
-    # 4. The rest of the run on one node (the other did not come back).
+    # 3. The rest of the run on one node (the other did not come back).
     alone = tmp_path / "node-alone"
     alone.mkdir()
     output = _run(_train_command(path, *overrides, ranks=1), alone)
-    assert _resumed_step(output) >= 18
+    assert _resumed_step(output) >= 15
 
     _assert_same_batches(reference, shared, STEPS)
     expected = _metrics_by_step(reference, ("pike/weight/",))
