@@ -27,7 +27,6 @@ from tests.test_train import (
     _train_command,
     _upload_domains,
     _write_yaml,
-    in_process_dist,  # noqa: F401 - a fixture
 )
 
 __all__: list[str] = []
