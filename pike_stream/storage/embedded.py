@@ -316,28 +316,21 @@ def _new_key_pair() -> dict[str, str]:
 
 
 def _command_line(pid: int) -> str | None:
-    """The command line of process ``pid``, or None if there is no such process."""
+    """The command line of process ``pid``, or None if there is no such process (or it cannot be read)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except FileNotFoundError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return None
-    except OSError:  # no /proc (macOS): ask ps
-        result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-        return result.stdout.strip() or None
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) no longer serves anything."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.Error:  # exists, but not ours to inspect
         return True
-    status = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError, IndexError):
-        # A zombie (exited, not yet reaped by its parent) no longer serves anything.
-        return status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 class EmbeddedS3:
