@@ -331,6 +331,21 @@ def fmt_spread(values: list[float]) -> str:
     return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
 
 
+def per_domain_and_goal_lines(result: dict[str, Any], arms: list[str], domains: tuple[str, ...],
+                              goals: dict[str, Any]) -> list[str]:
+    """The report's per-domain table (final validation loss, mean over the held-out seeds) and its goals."""
+    lines = ["", "Per-domain final validation loss, mean over the held-out seeds:", "",
+             "| arm | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
+    for arm in arms:
+        runs = [r for r in result["heldout"] if r["spec"]["arm"] == arm]
+        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([r['val_loss'][d][-1] for r in runs]):.3f}"
+                                                for d in domains) + " |")
+    lines += ["", "## Goals", ""]
+    for name, goal in goals.items():
+        lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
+    return lines
+
+
 def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     """``headroom.md`` and ``headroom.png`` from the results JSON."""
     a = analyse(result)
@@ -381,15 +396,7 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
             f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {fmt_spread(row['diff_worst'])} | "
             f"{', '.join('—' if r is None else f'{r:.2f}' for r in row['step_ratio'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
-    lines += ["", "Per-domain final validation loss, mean over the held-out seeds:", "",
-              "| arm | " + " | ".join(DOMAINS) + " |", "|---|" + "---:|" * len(DOMAINS)]
-    for arm in [a_ for a_ in order if a_ in a["table"]]:
-        runs = [r for r in result["heldout"] if r["spec"]["arm"] == arm]
-        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([r['val_loss'][d][-1] for r in runs]):.3f}"
-                                                for d in DOMAINS) + " |")
-    lines += ["", "## Goals", ""]
-    for name, goal in a["goals"].items():
-        lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
+    lines += per_domain_and_goal_lines(result, [a_ for a_ in order if a_ in a["table"]], DOMAINS, a["goals"])
     lines += ["", "![validation loss and weights](headroom.png)", ""]
     (out / "headroom.md").write_text("\n".join(lines))
     _plot(result, out / "headroom.png")

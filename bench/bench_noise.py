@@ -49,6 +49,7 @@ from bench_headroom import (  # noqa: E402
     avg_curve,
     final_losses,
     fmt_spread,
+    per_domain_and_goal_lines,
     run_one,
     run_pool,
     shipped_defaults,
@@ -154,15 +155,7 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
             f"{', '.join('—' if r is None else f'{r:.2f}' for r in row['step_ratio'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_mean'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
-    lines += ["", "Per-domain final validation loss, mean over the held-out seeds:", "",
-              "| arm | " + " | ".join(DOMAINS) + " |", "|---|" + "---:|" * len(DOMAINS)]
-    for arm in [x for x in ARMS if x in a["table"]]:
-        runs = [r for r in result["heldout"] if r["spec"]["arm"] == arm]
-        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([r['val_loss'][d][-1] for r in runs]):.3f}"
-                                                for d in DOMAINS) + " |")
-    lines += ["", "## Goals", ""]
-    for name, goal in a["goals"].items():
-        lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
+    lines += per_domain_and_goal_lines(result, [x for x in ARMS if x in a["table"]], DOMAINS, a["goals"])
     lines += ["", "![validation loss and weights](noise.png)", ""]
     (out / "noise.md").write_text("\n".join(lines))
     _plot(result, out / "noise.png")
