@@ -126,12 +126,23 @@ def _evaluators(cfg: TrainConfig, domain_names: list[str]) -> list[Evaluator]:
     return evaluators
 
 
-def _remote_metrics(cfg: TrainConfig) -> tuple[str, str] | None:
-    """``(bucket, key)`` of the run's metrics beside its checkpoints on S3, or None for a local save_folder."""
+def _beside_checkpoints(cfg: TrainConfig, name: str) -> tuple[str, str] | None:
+    """``(bucket, key)`` of the object ``name`` beside the run's checkpoints on S3, or None for a local
+    save_folder."""
     if not (cfg.save_folder and cfg.save_folder.startswith("s3://")):
         return None
     where = urlparse(cfg.save_folder.format(run_name=cfg.run_name))
-    return where.netloc, "/".join(part for part in (where.path.strip("/"), METRICS_FILENAME) if part)
+    return where.netloc, "/".join(part for part in (where.path.strip("/"), name) if part)
+
+
+def _remote_metrics(cfg: TrainConfig) -> tuple[str, str] | None:
+    """``(bucket, key)`` of the run's metrics beside its checkpoints on S3, or None for a local save_folder."""
+    return _beside_checkpoints(cfg, METRICS_FILENAME)
+
+
+def _is_missing_object(error: BaseException) -> bool:
+    """Whether an S3 error says the object (not the bucket, nor the key's access) does not exist."""
+    return getattr(error, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404")
 
 
 def _fetch_metrics(cfg: TrainConfig, run_folder: str) -> None:
@@ -145,7 +156,7 @@ def _fetch_metrics(cfg: TrainConfig, run_folder: str) -> None:
     try:
         body = s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as error:  # noqa: BLE001 - classified below
-        if getattr(error, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if _is_missing_object(error):
             return
         raise explain_client_error(error, settings, bucket, "read the run's metrics", key) from error
     tmp = local + ".partial"
@@ -279,10 +290,10 @@ def _remote_latest_checkpoint(cfg: TrainConfig, rank: int) -> str | None:
     folder is taken for the bucket's latest. Loading the URI instead downloads into a temporary folder per
     node, and the bucket is the only record that every node and every clone shares.
     """
-    if not (cfg.autoresume and cfg.save_folder and cfg.save_folder.startswith("s3://")):
+    latest = _beside_checkpoints(cfg, _LATEST_NAME) if cfg.autoresume else None
+    if latest is None:
         return None
-    where = urlparse(cfg.save_folder.format(run_name=cfg.run_name))
-    bucket, key = where.netloc, "/".join(part for part in (where.path.strip("/"), _LATEST_NAME) if part)
+    bucket, key = latest
     found: list[str | None] = [None]
     if rank == 0:
         settings = S3Settings.from_env()
@@ -290,7 +301,7 @@ def _remote_latest_checkpoint(cfg: TrainConfig, rank: int) -> str | None:
             s3_client(settings).head_object(Bucket=bucket, Key=key + ".symlink")
             found[0] = f"s3://{bucket}/{key}"
         except Exception as error:  # noqa: BLE001 - classified below
-            if getattr(error, "response", {}).get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+            if not _is_missing_object(error):
                 raise explain_client_error(error, settings, bucket, "find the latest checkpoint", key) from error
     dist.broadcast_object_list(found, src=0)
     return found[0]
