@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from composer.core import Algorithm, DataSpec, Event, State
-from composer.core.precision import get_precision_context
+from composer.core.precision import Precision, get_precision_context
 from composer.loggers import Logger
 from composer.utils import dist
 from torch.utils.data import DataLoader
@@ -67,6 +67,7 @@ from pike_stream.mixer import PiKEStreamingMixer
 from pike_stream.mixing import get_strategy
 from pike_stream.mixing.checks import check_domain_weights
 from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
+from pike_stream.step_statistics import DomainGroupedBatch, StepStatistics, plan_microbatches, split_batch
 
 __all__ = ["PiKE", "find_mixer"]
 
@@ -79,6 +80,7 @@ COSINE_METRICS_MAX_DOMAINS = 8
 """Per-pair cosines are logged (``pike/cosine/<a>|<b>``) only up to this many domains (K² metrics)."""
 
 _STATISTICS = ("grad_sq", "variance", "loss")
+_STEP_STATISTICS_EVENTS = (Event.BEFORE_FORWARD, Event.AFTER_LOSS, Event.AFTER_BACKWARD, Event.AFTER_TRAIN_BATCH)
 _INITIAL_WEIGHTS = "PiKE option 'initial_weights'"
 
 
@@ -180,20 +182,33 @@ class PiKE(Algorithm):
         self.controller: MixingController | None = None
         self._pending_state: Mapping[str, Any] | None = None
         self._last_conflict_warning: int | None = None  # the update count at the last warning (logging only)
+        self._step_statistics: StepStatistics | None = None  # probe_samples=0: the update step being measured
+        self._step_seconds = 0.0  # time spent reading its gradients so far
 
     def __repr__(self) -> str:
         return (f"PiKE(strategy={self.strategy!r}, update_interval={self.update_interval}, "
                 f"warmup_steps={self.warmup_steps}, probe_samples={self.probe_samples}, ema={self.ema}, "
                 f"pull={self.pull})")
 
+    @staticmethod
+    def data_spec(mixer: PiKEStreamingMixer) -> DataSpec:
+        """The Trainer's ``train_dataloader`` for ``mixer``: its dataloader, with the ``split_batch`` that makes
+        the domain-grouped microbatches of ``probe_samples: 0`` (:mod:`pike_stream.step_statistics`); other
+        steps are split as Composer's default does."""
+        return DataSpec(mixer.dataloader(), split_batch=split_batch)
+
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.FIT_START, Event.AFTER_DATALOADER)
+        if event in (Event.FIT_START, Event.AFTER_DATALOADER):
+            return True
+        return self._step_statistics is not None and event in _STEP_STATISTICS_EVENTS
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.FIT_START:
             self._fit_start(state)
-        else:
+        elif event == Event.AFTER_DATALOADER:
             self._after_dataloader(state, logger)
+        else:
+            self._measure_step(event, state, logger)
 
     # ------------------------------------------------------------------------------------------ events
     def _fit_start(self, state: State) -> None:
@@ -210,6 +225,10 @@ class PiKE(Algorithm):
             self.controller.load_state_dict(previous)
             self._pending_state = None
         strategy_initial = self.controller.initial_weights(list(mixer.domain_sizes.values()))  # checks min_weight
+        if self.strategy.adaptive and self.probe_samples == 0 and state.auto_microbatching:
+            raise ValueError("PiKE option 'probe_samples: 0' (statistics from the training step) needs a fixed "
+                             "device_train_microbatch_size, not 'auto': the step's microbatches are grouped by domain")
+        self._step_statistics = None
         self._warn_if_probe_is_thin(mixer)
         step = int(state.timestamp.batch)
         if step > 0:
@@ -249,7 +268,8 @@ class PiKE(Algorithm):
                         floor, samples, mixer.global_batch_size)
 
     def _after_dataloader(self, state: State, logger: Logger) -> None:
-        """Log batch t's mixture; on an update step probe every domain; set the weights of batch t+1."""
+        """Log batch t's mixture; on an update step measure every domain (a probe batch now, or the training
+        step's microbatches until AFTER_TRAIN_BATCH); set the weights of batch t+1."""
         mixer, controller = self.mixer, self.controller
         if mixer is None or controller is None:
             raise RuntimeError("PiKE: AFTER_DATALOADER before FIT_START (the algorithm was not started with fit())")
@@ -257,16 +277,54 @@ class PiKE(Algorithm):
         current = np.array(list(mixer.weights.values()))
         metrics: dict[str, float] = {f"pike/weight/{n}": float(w) for n, w in zip(mixer.domain_names, current)}
         probe = None
+        if controller.probes_at(step) and not self.probe_samples:
+            self._group_by_domain(state)
+            logger.log_metrics(metrics)
+            return
         if controller.probes_at(step):
             start = time.perf_counter()
-            if self.probe_samples:
-                batch = state.device.batch_to_device(mixer.probe_batch(self._probe_size()))
-            else:
-                batch = state.batch = state.device.batch_to_device(state.batch)
+            batch = state.device.batch_to_device(mixer.probe_batch(self._probe_size()))
             with get_precision_context(state.precision, state.precision_config):
                 probe = probe_domains(state.model, batch, len(mixer.domain_names), self.per_sample_loss,
                                       sketch_dim=self.sketch_dim, seed=step)
             metrics["pike/probe_seconds"] = time.perf_counter() - start
+        self._update(step, current, probe, metrics, logger)
+
+    def _group_by_domain(self, state: State) -> None:
+        """Mark the batch of an update step for domain-grouped microbatches and start measuring them."""
+        domains = state.batch["domain"]
+        plan = plan_microbatches(domains, len(self.mixer.domain_names), int(state.device_train_microbatch_size))
+        state.batch = DomainGroupedBatch(state.batch, plan)
+        scaler = state.scaler
+        grad_scale = (float(scaler.get_scale()) if state.precision == Precision.AMP_FP16 and scaler is not None
+                      and scaler.is_enabled() else 1.0)
+        self._step_statistics = StepStatistics(state.model, plan, len(self.mixer.domain_names), domains.shape[0],
+                                               sketch_dim=self.sketch_dim, seed=int(state.timestamp.batch),
+                                               grad_scale=grad_scale)
+        self._step_seconds = 0.0
+
+    def _measure_step(self, event: Event, state: State, logger: Logger) -> None:
+        """probe_samples=0: follow the update step's microbatches; after the last one, update the weights."""
+        measured = self._step_statistics
+        start = time.perf_counter()
+        if event == Event.BEFORE_FORWARD:
+            measured.before_forward(state.batch)
+        elif event == Event.AFTER_LOSS:
+            measured.after_loss(state.loss)
+        elif event == Event.AFTER_BACKWARD:
+            measured.after_backward()
+        else:
+            self._step_statistics = None
+            probe = measured.result()
+            metrics = {"pike/probe_seconds": self._step_seconds + time.perf_counter() - start}
+            current = np.array(list(self.mixer.weights.values()))
+            self._update(int(state.timestamp.batch), current, probe, metrics, logger)
+            return
+        self._step_seconds += time.perf_counter() - start
+
+    def _update(self, step: int, current: np.ndarray, probe: Any, metrics: dict[str, float], logger: Logger) -> None:
+        """Set the weights of batch ``step + 1`` from the controller; log them with the statistics."""
+        mixer, controller = self.mixer, self.controller
         update = controller.next_weights(step, current, mixer.global_batch_size, probe,
                                          world_size=dist.get_world_size())
         if not np.array_equal(update.weights, current):

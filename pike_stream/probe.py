@@ -29,7 +29,7 @@ chance. The controller divides *averaged* inner products by averaged unbiased ``
 
 Memory: domains are probed one after another, and at most two gradient-sized buffers (``g_A`` and ``g_B`` as
 autograd returns them) are alive at a time, whatever the number of domains; they are reduced to scalars one
-parameter tensor at a time, in chunks of about 1/64 of the model (see :func:`_chunk_elements`), and never
+parameter tensor at a time, in chunks of about 1/64 of the model (see :func:`chunk_elements`), and never
 flattened into one vector. The cost is about one extra forward and backward pass over the batch.
 
 The probe leaves the model as it found it: ``.grad`` is never touched (gradients come from
@@ -43,44 +43,23 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from pike_stream.gradient_sums import (
+    NUM_SUMS,
+    ProbeResult,
+    all_reduce_sums,
+    chunk_elements,
+    combine_sums,
+    domain_column,
+    reduce_pair,
+    trainable_parameters,
+    unwrap_ddp,
+)
+
 __all__ = ["ProbeResult", "probe_domains", "causal_lm_per_sample_loss"]
-
-# Bounds of the slice of a gradient tensor reduced at once (to scalars and to the sketch); see _chunk_elements.
-_MIN_CHUNK_ELEMENTS = 1 << 16
-_MAX_CHUNK_ELEMENTS = 1 << 22
-
-# Number of per-domain sums in the all-reduced statistics: G·has, S·has, has, loss·n, n, n·has.
-_NUM_SUMS = 6
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """Per-domain statistics of one probe, combined over all data-parallel ranks.
-
-    Attributes:
-        grad_sq: ``[K]`` unbiased estimate of ``‖∇L_k‖²`` (``⟨g_A, g_B⟩``), averaged over the ranks that had
-            at least two samples of domain k; NaN if no rank had.
-        variance: ``[K]`` unbiased estimate of the per-sample gradient variance ``σ_k²``
-            (``‖g_A − g_B‖² / (1/n_A + 1/n_B)``), averaged over the same ranks; NaN if no rank had an estimate.
-        loss: ``[K]`` mean per-sample loss over all samples of domain k on all ranks; NaN if there were none.
-        counts: ``[K]`` number of samples of each domain, summed over ranks.
-        inner: ``[K, K]`` unbiased estimates of ``⟨∇L_i, ∇L_j⟩``: off the diagonal from the sketches of the
-            domains' mean gradients (independent samples), on it ``grad_sq``; NaN for a domain without an
-            estimate; None when sketching is off (``sketch_dim=0``).
-    """
-
-    grad_sq: np.ndarray
-    variance: np.ndarray
-    loss: np.ndarray
-    counts: np.ndarray
-    inner: np.ndarray | None
 
 
 def probe_domains(
@@ -120,18 +99,18 @@ def probe_domains(
         raise ValueError(f"num_domains must be at least 1, got {num_domains}")
     if sketch_dim < 0:
         raise ValueError(f"sketch_dim must be non-negative, got {sketch_dim}")
-    module = _unwrap_ddp(model)
-    trainable = _trainable_parameters(module, params)
-    domains = _domain_column(batch, num_domains)
+    module = unwrap_ddp(model)
+    trainable = trainable_parameters(module, params)
+    domains = domain_column(batch, num_domains)
     device = trainable[0].device
-    chunk = _chunk_elements(trainable)
+    chunk = chunk_elements(trainable)
 
     with _model_state_restored(module, trainable):
         sums, sketches = _local_statistics(
             module, batch, domains, num_domains, per_sample_loss, trainable, sketch_dim, seed, chunk, device
         )
-    sums, sketches = _all_reduce(sums, sketches)
-    return _combine(sums, sketches)
+    sums, sketches = all_reduce_sums(sums, sketches)
+    return combine_sums(sums, sketches)
 
 
 def causal_lm_per_sample_loss(model: torch.nn.Module, batch: Mapping[str, object]) -> torch.Tensor:
@@ -161,57 +140,6 @@ def causal_lm_per_sample_loss(model: torch.nn.Module, batch: Mapping[str, object
         logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none"
     )  # [b, seq_len - 1]
     return token_loss.mean(dim=1)
-
-
-def _unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper, or ``model`` itself."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model.module
-    return model
-
-
-def _trainable_parameters(
-    module: torch.nn.Module, params: Sequence[torch.nn.Parameter] | None
-) -> list[torch.nn.Parameter]:
-    """The distinct parameters with ``requires_grad``, in the given (or the model's) order."""
-    candidates = list(module.parameters()) if params is None else list(params)
-    seen: set[int] = set()
-    trainable = []
-    for p in candidates:
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            trainable.append(p)
-    if not trainable:
-        source = "the given params" if params is not None else f"{type(module).__name__}'s parameters"
-        raise ValueError(f"nothing to probe: none of {source} requires grad")
-    return trainable
-
-
-def _chunk_elements(params: Sequence[torch.nn.Parameter]) -> int:
-    """Elements of a gradient tensor reduced at once: 1/64 of the model, within [2^16, 2^22].
-
-    The reduction's temporaries are a few float32 chunks, so they stay a few percent of one gradient buffer,
-    while a large model needs only a few hundred chunks (kernel launches) per domain. The value depends only
-    on the parameter sizes, so it is the same on every rank and the sketch's hashes agree.
-    """
-    total = sum(p.numel() for p in params)
-    return min(_MAX_CHUNK_ELEMENTS, max(_MIN_CHUNK_ELEMENTS, total // 64))
-
-
-def _domain_column(batch: Mapping[str, object], num_domains: int) -> torch.Tensor:
-    """``batch["domain"]`` checked to be a 1-D integer tensor of indices in ``[0, num_domains)``."""
-    if not isinstance(batch, Mapping) or "domain" not in batch:
-        raise KeyError("the batch has no 'domain' entry (a [batch] tensor of domain indices)")
-    domains = batch["domain"]
-    if not isinstance(domains, torch.Tensor) or domains.dim() != 1 or domains.is_floating_point():
-        shape = tuple(domains.shape) if isinstance(domains, torch.Tensor) else type(domains).__name__
-        raise ValueError(f"batch['domain'] must be a 1-D integer tensor, got {shape}")
-    if domains.numel() and (int(domains.min()) < 0 or int(domains.max()) >= num_domains):
-        raise ValueError(
-            f"batch['domain'] holds indices in [{int(domains.min())}, {int(domains.max())}], "
-            f"outside [0, {num_domains}) for num_domains={num_domains}"
-        )
-    return domains
 
 
 @contextlib.contextmanager
@@ -253,7 +181,7 @@ def _local_statistics(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's sums ``[K, 6]`` (G·has, S·has, has, loss·n, n, n·has; float64) and sketches ``[K, sketch_dim]``."""
-    sums = torch.zeros(num_domains, _NUM_SUMS, dtype=torch.float64, device=device)
+    sums = torch.zeros(num_domains, NUM_SUMS, dtype=torch.float64, device=device)
     sketches = torch.zeros(num_domains, sketch_dim, dtype=torch.float32, device=device)
     batch_size = domains.shape[0]
     singletons = []
@@ -270,7 +198,7 @@ def _local_statistics(
         with torch.enable_grad():
             loss_a, g_a = _half_gradient(module, batch, rows[:n_a], batch_size, per_sample_loss, params)
             loss_b, g_b = _half_gradient(module, batch, rows[n_a:], batch_size, per_sample_loss, params)
-        dot, diff_sq = _reduce_pair(g_a, g_b, n_a, n - n_a, sketches[k], seed, chunk)
+        dot, diff_sq = reduce_pair(g_a, g_b, n_a, n - n_a, sketches[k], seed, chunk)
         del g_a, g_b
         sums[k, 0] = dot
         sums[k, 1] = diff_sq / (1.0 / n_a + 1.0 / (n - n_a))
@@ -329,143 +257,9 @@ def _sub_batch(batch: Mapping[str, object], rows: torch.Tensor, batch_size: int)
     return sub
 
 
-def _reduce_pair(
-    g_a: Sequence[torch.Tensor | None],
-    g_b: Sequence[torch.Tensor | None],
-    n_a: int,
-    n_b: int,
-    sketch: torch.Tensor,
-    seed: int,
-    chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``⟨g_A, g_B⟩`` and ``‖g_A − g_B‖²`` as float64 scalars; adds the sketch of ``n_A·g_A + n_B·g_B`` to
-    ``sketch``.
-
-    A parameter that one half's loss does not reach has a None gradient, i.e. zero. Each parameter tensor is
-    processed in slices of ``chunk`` elements, in float32, so the temporaries stay small and low-precision
-    gradients are summed accurately.
-    """
-    device = sketch.device
-    dot = torch.zeros((), dtype=torch.float64, device=device)
-    diff_sq = torch.zeros((), dtype=torch.float64, device=device)
-    sketch_dim = sketch.numel()
-    for index, (a, b) in enumerate(zip(g_a, g_b)):
-        if a is None and b is None:
-            continue
-        ref = a if a is not None else b
-        flat_a = a.reshape(-1) if a is not None else None
-        flat_b = b.reshape(-1) if b is not None else None
-        generator = _sketch_generator(seed, index, ref.device) if sketch_dim else None
-        for start in range(0, ref.numel(), chunk):
-            stop = min(start + chunk, ref.numel())
-            chunk_a = flat_a[start:stop].float() if flat_a is not None else None
-            chunk_b = flat_b[start:stop].float() if flat_b is not None else None
-            if chunk_a is not None and chunk_b is not None:
-                dot += torch.dot(chunk_a, chunk_b).to(device, torch.float64)
-                diff = chunk_a - chunk_b
-            else:
-                diff = chunk_a if chunk_a is not None else chunk_b
-            diff_sq += torch.dot(diff, diff).to(device, torch.float64)
-            del diff
-            if generator is not None:
-                _sketch_chunk(chunk_a, chunk_b, n_a, n_b, sketch, generator, stop - start)
-    return dot, diff_sq
-
-
-def _sketch_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
-    """The hash stream of parameter ``index``: a generator seeded by (seed, index), the same on every rank.
-
-    Seeding per parameter makes the hash of a coordinate independent of which other parameters had gradients.
-    """
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + index) % (1 << 63))
-    return generator
-
-
-def _sketch_chunk(
-    chunk_a: torch.Tensor | None,
-    chunk_b: torch.Tensor | None,
-    n_a: int,
-    n_b: int,
-    sketch: torch.Tensor,
-    generator: torch.Generator,
-    length: int,
-) -> None:
-    """Add the count sketch of ``n_A·chunk_a + n_B·chunk_b`` to ``sketch``, with the chunk's hash from ``generator``.
-
-    One draw ``r`` in ``[0, 2·sketch_dim)`` per coordinate gives its bucket ``r >> 1`` and its sign from ``r & 1``.
-    """
-    sketch_dim = sketch.numel()
-    draw = torch.randint(0, 2 * sketch_dim, (length,), generator=generator, device=generator.device, dtype=torch.int32)
-    if chunk_a is not None and chunk_b is not None:
-        values = chunk_a.mul(n_a).add_(chunk_b, alpha=n_b)
-    elif chunk_a is not None:
-        values = chunk_a * n_a
-    else:
-        values = chunk_b * n_b
-    signs = torch.bitwise_and(draw, 1).mul_(-2).add_(1)
-    values.mul_(signs)
-    del signs
-    draw.bitwise_right_shift_(1)
-    sketch.index_add_(0, draw.to(sketch.device), values.to(sketch.device))
-
-
-def _all_reduce(sums: torch.Tensor, sketches: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Sum the per-rank statistics over the default process group in one all-reduce (no-op without one)."""
-    num_domains = sums.shape[0]
-    packed = torch.cat([sums.flatten(), sketches.flatten().to(torch.float64)])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        packed = packed.to(_collective_device(packed.device))
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    packed = packed.cpu().numpy()
-    split = num_domains * _NUM_SUMS
-    return packed[:split].reshape(num_domains, _NUM_SUMS), packed[split:].reshape(num_domains, -1)
-
-
-def _collective_device(device: torch.device) -> torch.device:
-    """Where the all-reduced tensor must live for the default group's backend.
-
-    Gloo and MPI reduce CPU tensors, NCCL the current GPU's; a group with a backend per device type (e.g.
-    ``cpu:gloo,cuda:nccl``) takes the tensor where it is.
-    """
-    backend = str(dist.get_backend())
-    if backend in ("gloo", "mpi"):
-        return torch.device("cpu")
-    if backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def _combine(sums: np.ndarray, sketches: np.ndarray) -> ProbeResult:
-    """Turn the rank-summed sums and sketches into the per-domain averages and the inner-product matrix."""
-    has = sums[:, 2]
-    counts = sums[:, 4]
-    sketched = sums[:, 5]  # samples behind each domain's sketch (those of ranks that estimated it)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        grad_sq = np.where(has > 0, sums[:, 0] / has, np.nan)
-        variance = np.where(has > 0, sums[:, 1] / has, np.nan)
-        loss = np.where(counts > 0, sums[:, 3] / counts, np.nan)
-    inner = None
-    if sketches.shape[1] > 0:
-        defined = (has > 0) & (sketched > 0)
-        means = np.zeros_like(sketches)
-        means[defined] = sketches[defined] / sketched[defined, None]  # sketches of the mean gradients
-        inner = means @ means.T
-        np.fill_diagonal(inner, grad_sq)
-        inner[~defined, :] = np.nan
-        inner[:, ~defined] = np.nan
-    return ProbeResult(
-        grad_sq=grad_sq,
-        variance=variance,
-        loss=loss,
-        counts=np.rint(counts).astype(np.int64),
-        inner=inner,
-    )
-
-
 def _language_model(model: torch.nn.Module) -> torch.nn.Module:
     """The network producing logits: a Composer model's wrapped ``.model``, else ``model`` (DDP unwrapped)."""
-    model = _unwrap_ddp(model)
+    model = unwrap_ddp(model)
     composer_models = sys.modules.get("composer.models")
     if composer_models is not None and isinstance(model, composer_models.ComposerModel):
         inner = getattr(model, "model", None)

@@ -121,8 +121,11 @@ class Recorder(Callback):
             self.weights.append(np.array(list(self.mixer.weights.values())))
 
     def batch_start(self, state, logger) -> None:
-        # After AFTER_DATALOADER, where PiKE set the weights of the next batch.
         self.batches.append((tuple(state.batch["domain"].tolist()), tuple(state.batch["sample_id"].tolist())))
+
+    def batch_end(self, state, logger) -> None:
+        # PiKE has set the weights of the next batch (at AFTER_DATALOADER, or AFTER_TRAIN_BATCH with
+        # probe_samples=0); a checkpoint of this step (BATCH_CHECKPOINT) holds them.
         self.weights.append(np.array(list(self.mixer.weights.values())))
 
 
@@ -154,10 +157,11 @@ class Run:
 def train(root: str, duration: str, *, algorithms=(), callbacks=(), dropout: float = 0.0, **kwargs) -> Run:
     model = TinyLM(dropout)
     recorder, logger = Recorder(), InMemoryLogger()
-    trainer = Trainer(model=model, train_dataloader=make_mixer(root).dataloader(), max_duration=duration,
+    kwargs.setdefault("device_train_microbatch_size", B)
+    trainer = Trainer(model=model, train_dataloader=PiKE.data_spec(make_mixer(root)), max_duration=duration,
                       algorithms=list(algorithms), callbacks=[*callbacks, recorder], loggers=[logger],
                       optimizers=torch.optim.Adam(model.parameters(), lr=3e-3), device="cpu",
-                      device_train_microbatch_size=B, progress_bar=False, log_to_console=False, seed=17, **kwargs)
+                      progress_bar=False, log_to_console=False, seed=17, **kwargs)
     trainer.fit()
     return Run(recorder, logger, trainer, [p.detach().clone() for p in model.parameters()])
 

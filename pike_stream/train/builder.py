@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from composer import Trainer
 from composer.callbacks import LRMonitor
-from composer.core import Evaluator
+from composer.core import DataSpec, Evaluator
 from composer.loggers import ConsoleLogger, LoggerDestination, ProgressBarLogger
 from composer.optim import (
     ConstantScheduler,
@@ -33,6 +33,7 @@ from composer.optim import (
 from composer.utils import dist, get_device, reproducibility
 
 from pike_stream.mixer import Domain, PiKEStreamingMixer
+from pike_stream.step_statistics import split_batch
 from pike_stream.storage import S3Settings, s3_client
 from pike_stream.storage.client import explain_client_error
 from pike_stream.train.composer_compat import (
@@ -373,7 +374,7 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
         trainer = Trainer(
             run_name=cfg.run_name,
             model=model,
-            train_dataloader=mixer.dataloader(),
+            train_dataloader=DataSpec(mixer.dataloader(), split_batch=split_batch),  # see PiKE.data_spec
             max_duration=f"{max_batches}ba",
             eval_dataloader=evaluators or None,
             # Without evaluators, Composer's default (an eval_interval would only draw its "has no effect" warning).
