@@ -4,14 +4,23 @@ A domain folder (local, or remote on S3) is what ``pike-stream convert`` writes:
 and ``manifest.json``. Opening it downloads (if remote) and checks both files; reading a sample needs its
 shard local, which :class:`~pike_stream.mixer.shards.ShardCache` arranges through ``Stream.prepare_shard``
 (download, hash check, decompression: streaming's own machinery).
+
+A process that takes itself for the node's leader downloads ``index.json`` holding ``.index.lock`` in the
+cache folder (``flock``): streaming downloads it through the fixed name ``index.json.tmp``, which two such
+processes on one folder (ranks given without ``LOCAL_RANK``, runs sharing the default cache) would otherwise
+overwrite and rename from under each other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +36,8 @@ __all__ = ["Domain", "DomainSource", "DomainDataError", "default_cache_root"]
 
 MANIFEST_BASENAME = "manifest.json"
 INDEX_BASENAME = "index.json"
+INDEX_LOCK_BASENAME = ".index.lock"
+_LOCK_POLL_S = 0.05
 
 
 class DomainDataError(ValueError):
@@ -130,17 +141,20 @@ class DomainSource:
                               "download_timeout": domain.download_timeout, "validate_hash": None,
                               "keep_zip": False})
         manifest = _load_manifest(domain, stream)
-        try:
-            shards = stream.get_shards(world or World.detect(), allow_unsafe_types=False)
-        except FileNotFoundError as error:
-            raise DomainDataError(f"domain {domain.name!r}: no {INDEX_BASENAME} at {domain.where(INDEX_BASENAME)} "
-                                  f"({error})") from error
-        except RuntimeError as error:  # streaming: "No `remote` provided, but local file … does not exist"
-            raise DomainDataError(f"domain {domain.name!r}: no {INDEX_BASENAME} at "
-                                  f"{domain.where(INDEX_BASENAME)}") from error
-        except (ValueError, KeyError) as error:
-            raise DomainDataError(f"domain {domain.name!r}: unreadable {INDEX_BASENAME} at "
-                                  f"{domain.where(INDEX_BASENAME)}: {error}") from error
+        world = world or World.detect()
+        downloads = domain.remote and world.is_local_leader  # others wait for the leader's index.json
+        with _index_lock(domain, os.path.join(stream.local, stream.split)) if downloads else nullcontext():
+            try:
+                shards = stream.get_shards(world, allow_unsafe_types=False)
+            except FileNotFoundError as error:
+                raise DomainDataError(f"domain {domain.name!r}: no {INDEX_BASENAME} at "
+                                      f"{domain.where(INDEX_BASENAME)} ({error})") from error
+            except RuntimeError as error:  # streaming: "No `remote` provided, but local file … does not exist"
+                raise DomainDataError(f"domain {domain.name!r}: no {INDEX_BASENAME} at "
+                                      f"{domain.where(INDEX_BASENAME)}") from error
+            except (ValueError, KeyError) as error:
+                raise DomainDataError(f"domain {domain.name!r}: unreadable {INDEX_BASENAME} at "
+                                      f"{domain.where(INDEX_BASENAME)}: {error}") from error
         if not shards:
             raise DomainDataError(f"domain {domain.name!r}: {domain.where(INDEX_BASENAME)} lists no shards")
         if domain.validate_hash == "auto":
@@ -151,6 +165,31 @@ class DomainSource:
         # No ``stream.set_up_local``: it deletes files it finds in a transient state, which in a cache folder
         # shared by ranks may be a shard another rank is decompressing. ShardCache checks shards when used.
         return source
+
+
+@contextmanager
+def _index_lock(domain: Domain, folder: str) -> Iterator[None]:
+    """Hold ``.index.lock`` in ``folder`` exclusively; wait for it at most the domain's download time
+    (``download_timeout`` × ``download_retry``), then fail naming the domain and the lock file."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, INDEX_LOCK_BASENAME)
+    timeout = domain.download_timeout * max(1, domain.download_retry)
+    deadline = time.monotonic() + timeout
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DomainDataError(
+                        f"domain {domain.name!r}: another process held {path} for over {timeout:g}s while "
+                        f"downloading {INDEX_BASENAME}; end it or raise the domain's download_timeout") from None
+                time.sleep(_LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _pick_hash(shards: list[Reader]) -> str | None:
