@@ -85,6 +85,9 @@ PIKE_SWEEP = (
     {**PIKE_BASE, "zeta1": 0.3, "zeta2": 0.3, "pull": 0.1},
     {**PIKE_BASE, "zeta1": 0.3, "zeta2": 0.3, "pull": 0.3},
     {**PIKE_BASE, "zeta1": 1.0, "zeta2": 1.0, "pull": 0.3},
+    # Statistics from the training step itself (probe_samples 0: no probe batch, no extra pass), at the
+    # defaults otherwise. Added with that option, after the held-out seeds 4-6 had been run with the others.
+    {**PIKE_BASE, "zeta1": 0.1, "zeta2": 0.1, "pull": 0.1, "probe_samples": 0},
 )
 CONCEPTUAL = {"lr": 3.0e-3, "smoothness": 1.0, "beta": 1.0, "gamma": 1.0, "min_weight": 0.01}
 
@@ -380,15 +383,21 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
         lines.append(f"| {rule} | {p['zeta1']:g} | {p['zeta2']:g} | {p.get('pull', 0.0):g} | {p['probe_samples']} | "
                      f"{p['update_interval']} | "
                      f"{p['ema']:g} | {final_losses(run)[0]:.4f} |")
-    lines += ["", f"Chosen static mixture: {result['best_static']}. Chosen PiKE settings (the library's "
-              f"defaults): {result['chosen_pike']}.", "",
+    chosen, shipped = result["chosen_pike"], result.get("shipped_defaults", {})
+    if all(chosen.get(k) == v for k, v in shipped.items()):
+        choice = f"Chosen PiKE settings (the library's defaults): {chosen}."
+    else:
+        choice = (f"Chosen PiKE settings: {chosen}. They differ from the library's defaults, which the held-out "
+                  f"`pike` arm ran: {shipped}.")
+    lines += ["", f"Chosen static mixture: {result['best_static']}. {choice}", "",
               "## Held-out seeds (validation split)", "",
               "Differences are paired per seed (same initialisation and sample orders), arm − uniform; mean ± "
               "sample standard deviation over the held-out seeds. Negative is better.", "",
               "| arm | final avg loss per seed | avg − uniform | final worst-domain loss | worst − uniform | "
               "steps to uniform's final avg (× uniform's) | noise weight at the end | wall s/run |",
               "|---|---|---:|---|---:|---|---|---:|"]
-    order = ["uniform", "best_static", "pike", "pike_zeta2_0", "pike_oracle", "conceptual_pike"]
+    order = ["uniform", "best_static", "pike", "pike_zeta2_0", "pike_oracle", "pike_step_statistics",
+             "conceptual_pike"]
     for arm in [a_ for a_ in order if a_ in a["table"]]:
         row = a["table"][arm]
         lines.append(
@@ -447,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-seed", type=int, default=0)
     parser.add_argument("--stage", choices=("tune", "all"), default="all",
                         help="tune: only the tuning seed's grid and sweep (prints the choice)")
+    parser.add_argument("--cache-from", metavar="JSON",
+                        help="a headroom.json whose runs fill --work first (runs with the same spec are not rerun)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.report_only:
@@ -456,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
         parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/corpora.py headroom)")
     os.makedirs(args.work, exist_ok=True)
+    if args.cache_from:
+        previous = json.loads(Path(args.cache_from).read_text())
+        for run in previous["grid"] + previous["sweep"] + previous["heldout"]:
+            (Path(args.work) / f"{run['spec']['name']}.json").write_text(json.dumps(run))
     seeds = [int(s) for s in args.seeds.split(",")]
     pool = run_pool(args.jobs)
 
@@ -493,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "pike": (pike, None),
         "pike_zeta2_0": ({**pike, "zeta2": 0.0}, None),
         "pike_oracle": ({**pike, "probe_samples": ORACLE_PROBE}, None),
+        "pike_step_statistics": ({**pike, "probe_samples": 0}, None),
         "conceptual_pike": ({"strategy": "conceptual_pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL,
                              "pull": shipped["pull"], **CONCEPTUAL}, None),
     }
@@ -505,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                      "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
         "command": "python bench/bench_headroom.py --data HEADROOM/mds --work RUNS "
                    f"--steps {args.steps} --eval-every {args.eval_every} --tune-seed {tune} --seeds {args.seeds} "
-                   f"--jobs {args.jobs}",
+                   f"--jobs {args.jobs}" + (f" --cache-from {args.cache_from}" if args.cache_from else ""),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "grid": grid, "sweep": sweep, "best_static": best_static, "chosen_pike": chosen,
         "shipped_defaults": shipped, "heldout": heldout,

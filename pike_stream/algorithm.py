@@ -30,9 +30,18 @@ Where :class:`PiKE` runs in Composer's loop (see ``composer/core/event.py``), fo
 
 Update steps (adaptive strategies): batch ``t`` is probed when ``t ≥ warmup_steps`` and
 ``(t − warmup_steps) mod update_interval = 0``; batches ``0 … warmup_steps`` use the initial weights.
-With ``probe_samples: 0`` the training batch ``t`` itself is probed (each domain then gets samples in
-proportion to its weight). Non-adaptive strategies never probe: round-robin and random set new weights
-every step, the static ones keep their initial weights.
+With ``probe_samples: 0`` the statistics come from training batch ``t`` itself, without an extra pass
+(:mod:`pike_stream.step_statistics`; each domain then gets samples in proportion to its weight)::
+
+        # <AFTER_DATALOADER>     log the weights of batch t; mark the batch for domain-grouped microbatches
+        # <BEFORE_FORWARD>, <AFTER_LOSS>, <AFTER_BACKWARD>   for every microbatch: check it follows the plan,
+        #                        add its loss, read the accumulated gradient at the end of each domain half
+        # <AFTER_TRAIN_BATCH>    all-reduce the statistics; compute the weights of batch t+1 and set them,
+        #                        before batch t+1 is drawn (zero lag) and before BATCH_CHECKPOINT
+
+The Trainer must split such a batch as marked: give it :meth:`PiKE.data_spec` of the mixer (``pike-stream
+train`` does). Non-adaptive strategies never probe: round-robin and random set new weights every step, the
+static ones keep their initial weights.
 """
 
 from __future__ import annotations
@@ -115,7 +124,8 @@ class PiKE(Algorithm):
         warmup_steps: steps with the initial weights before the first update.
         probe_samples: m, samples of every domain in the probe batch of an update, over all ranks (rounded up
             to a multiple of the world size, and at least two per rank); each rank probes its share and the
-            statistics are averaged with one all-reduce. 0 probes the training batch instead.
+            statistics are averaged with one all-reduce. 0 takes them from the training step itself (no extra
+            pass; needs :meth:`data_spec` and a fixed ``device_train_microbatch_size``).
         initial_weights: ``{domain: weight}`` for step 0 (normalised); None: the strategy's own (uniform or
             proportional to domain sizes, see its ``initial`` option).
         ema: averaging of the statistics across updates, in ``[0, 1)``; 0 is off.
@@ -225,9 +235,14 @@ class PiKE(Algorithm):
             self.controller.load_state_dict(previous)
             self._pending_state = None
         strategy_initial = self.controller.initial_weights(list(mixer.domain_sizes.values()))  # checks min_weight
-        if self.strategy.adaptive and self.probe_samples == 0 and state.auto_microbatching:
-            raise ValueError("PiKE option 'probe_samples: 0' (statistics from the training step) needs a fixed "
-                             "device_train_microbatch_size, not 'auto': the step's microbatches are grouped by domain")
+        if self.strategy.adaptive and self.probe_samples == 0:
+            if state.auto_microbatching:
+                raise ValueError("PiKE option 'probe_samples: 0' (statistics from the training step) needs a fixed "
+                                 "device_train_microbatch_size, not 'auto': the step's microbatches are grouped by "
+                                 "domain")
+            if state.fsdp_enabled:
+                raise ValueError("PiKE option 'probe_samples: 0' reads whole gradients between microbatches, which "
+                                 "FSDP shards; use DDP, or a probe batch (probe_samples ≥ 2)")
         self._step_statistics = None
         self._warn_if_probe_is_thin(mixer)
         step = int(state.timestamp.batch)
@@ -262,9 +277,10 @@ class PiKE(Algorithm):
         floor = getattr(self.strategy, "min_weight", 0.0)
         samples = floor * mixer.global_batch_size
         if samples <= 2 * ranks:
-            log.warning("PiKE: probe_samples=0 probes the training batch, where a domain at the min_weight floor "
-                        "(%g) gets about %.2f of %d samples: too few to estimate it, so its weight stays until it "
-                        "gets more; a probe batch (probe_samples ≥ 2) estimates every domain at every update",
+            log.warning("PiKE: probe_samples=0 takes statistics from the training batch, where a domain at the "
+                        "min_weight floor (%g) gets about %.2f of %d samples: too few to estimate it, so its weight "
+                        "stays until it gets more; a probe batch (probe_samples ≥ 2) estimates every domain at every "
+                        "update",
                         floor, samples, mixer.global_batch_size)
 
     def _after_dataloader(self, state: State, logger: Logger) -> None:

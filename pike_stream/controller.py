@@ -90,8 +90,9 @@ training batches a probe costs 2.2 steps, so about 20% at T0 = 10 and 2% at T0 =
 DEFAULT_PROBE_SAMPLES = 8
 """m, samples of every domain in a probe batch (over all ranks). Each update then estimates every domain
 from m samples (two halves of m/2), whatever its weight; averaging across updates (:data:`DEFAULT_EMA`)
-cuts the noise further. 0 probes the training batch instead (a domain gets samples in proportion to its
-weight, so a down-weighted one goes without estimates)."""
+cuts the noise further. 0 takes the statistics from the training step itself, at no extra pass
+(:mod:`pike_stream.step_statistics`; a domain gets samples in proportion to its weight, so a down-weighted
+one goes without estimates)."""
 
 DEFAULT_EMA = 0.5
 """Smoothing of each domain's statistics across updates (0: each probe as it is), as in the headroom
@@ -191,7 +192,7 @@ class MixingController:
         update_interval: T0, steps between updates (adaptive strategies).
         warmup_steps: steps before the first update (batches ``0 … warmup_steps`` keep the initial weights).
         ema: averaging of the statistics across updates, in ``[0, 1)``; 0 uses each probe as it is.
-        probe_samples: m, samples of every domain in a probe batch; 0 probes the training batch. The
+        probe_samples: m, samples of every domain in a probe batch; 0: the training batch's. The
             controller only carries the number for its caller (who draws the probe batch).
         pull: λ in ``[0, 1]``, how far the weights return to the anchor after every update; 0: never.
         conflict_threshold: report the two domains whose averaged gradient cosine is lowest when it stays

@@ -382,7 +382,7 @@ def test_conflict_warning_names_the_domains_at_most_once_per_interval(data_root:
 
 
 @pytest.mark.parametrize("options, warning", [
-    (dict(probe_samples=0, min_weight=0.05), "probes the training batch"),
+    (dict(probe_samples=0, min_weight=0.05), "takes statistics from the training batch"),
     (dict(probe_samples=0, min_weight=0.3), None),
     (dict(), None),
 ])
