@@ -11,7 +11,12 @@ pay for importing mosaicml-streaming (and torch).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
+    from converters.conversion import convert
+    from converters.errors import ConversionError, SkippedDocumentsWarning
+    from converters.merge import merge_parts
 
 __all__ = ["convert", "merge_parts", "ConversionError", "SkippedDocumentsWarning"]
 

@@ -39,6 +39,8 @@ __all__ = ["SKIP_REASONS", "EXAMPLES_PER_REASON", "Encoded", "UnitEncoder", "Enc
 
 SKIP_REASONS = ("empty", "binary", "invalid_utf8", "missing_field")
 EXAMPLES_PER_REASON = 5
+# A checked document: (its text, None) if kept, (None, the reason) if skipped.
+_Checked = tuple[str, None] | tuple[None, str]
 
 
 @dataclass
@@ -79,6 +81,7 @@ class UnitEncoder:
                 if text is not None:
                     input_bytes += len(text.encode("utf-8"))
             if reason is None:
+                assert text is not None  # kept: it has its text
                 texts.append(text)
             else:
                 skipped[reason] += 1
@@ -87,7 +90,7 @@ class UnitEncoder:
                     shown.append(unit.origin(i))
         return Encoded(self.tokenizer.encode_documents(texts), len(texts), input_bytes, skipped, examples)
 
-    def _check_json(self, line: bytes, unit: Unit, i: int) -> tuple[Any, str | None]:
+    def _check_json(self, line: bytes, unit: Unit, i: int) -> _Checked:
         try:
             decoded = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -100,7 +103,7 @@ class UnitEncoder:
             raise ConversionError(f"{unit.origin(i)}: expected a JSON object, found {type(obj).__name__}")
         return self._check_value(obj.get(self.text_field), unit, i)
 
-    def _check_value(self, value: Any, unit: Unit, i: int) -> tuple[Any, str | None]:
+    def _check_value(self, value: Any, unit: Unit, i: int) -> _Checked:
         if value is None:
             return None, "missing_field"
         if not isinstance(value, str):
@@ -116,7 +119,7 @@ class UnitEncoder:
         return (value, None) if value.strip() else (None, "empty")
 
 
-def _check_bytes(data: bytes) -> tuple[Any, str | None]:
+def _check_bytes(data: bytes) -> _Checked:
     if not data:
         return None, "empty"
     if b"\x00" in data:

@@ -33,11 +33,11 @@ def merge_parts(out: str | os.PathLike[str], *, progress: bool = True) -> dict[s
     """Merge the part folders of ``out`` (local or ``s3://``) into one domain; return its manifest."""
     dest = open_destination(out)
     dest.check()
-    names = [name for name in dest.folders() if _PART_FOLDER.fullmatch(name)]
-    if not names:
+    indices = {name: int(match[1]) for name in dest.folders() if (match := _PART_FOLDER.fullmatch(name))}
+    if not indices:
         raise ConversionError(f"{dest.url} holds no part-NNNNN folders; convert with --part i/N first")
     parts = []
-    for name in names:
+    for name, index in indices.items():
         child = dest.child(name)
         where = child.file_url(MANIFEST_NAME)
         manifest = child.read_json(MANIFEST_NAME)
@@ -48,7 +48,7 @@ def merge_parts(out: str | os.PathLike[str], *, progress: bool = True) -> dict[s
             check_manifest(manifest, where)
         except ValueError as exc:
             raise ConversionError(str(exc)) from None
-        if "part" not in manifest or int(_PART_FOLDER.fullmatch(name)[1]) != manifest["part"]["index"]:
+        if "part" not in manifest or index != manifest["part"]["index"]:
             raise ConversionError(f"{where}: not the manifest of {name} of a --part conversion")
         parts.append((child, manifest))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,7 +40,7 @@ def compression_of(path: Path) -> str | None:
     return None
 
 
-def open_stream(path: Path) -> IO[bytes]:
+def open_stream(path: Path) -> io.BufferedIOBase:
     """``path`` opened for buffered reading of its decompressed bytes (``readline``, ``read``)."""
     compression = compression_of(path)
     if compression == "gzip":
@@ -110,7 +110,7 @@ def _unreadable(path: Path, exc: BaseException) -> ConversionError:
     return ConversionError(f"{path}: cannot read it as {how} ({type(exc).__name__}: {exc})")
 
 
-def iter_lines(path: Path) -> Iterator[bytes]:
+def iter_lines(path: Path) -> Generator[bytes, None, None]:
     """The lines of ``path`` (decompressed), each with its newline if it had one, in order."""
     try:
         with open_stream(path) as stream:

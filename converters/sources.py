@@ -205,7 +205,7 @@ class Source:
             if len(loaded) != 1:
                 raise ConversionError(
                     f"{self.path} holds the splits {sorted(loaded)}; point SOURCE at one of them, "
-                    f"e.g. {self.path / sorted(loaded)[0]}")
+                    f"e.g. {self.path / str(sorted(loaded)[0])}")
             loaded = next(iter(loaded.values()))
         if self.text_field not in loaded.column_names:
             raise ConversionError(

@@ -8,7 +8,11 @@ Names are imported on first use, so ``pike-stream convert`` does not pay for imp
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
+    from pike_stream.algorithm import PiKE
+    from pike_stream.mixer import Domain, DomainDataError, MixerStateError, PiKEStreamingMixer
 
 __all__ = ["Domain", "PiKEStreamingMixer", "PiKE", "MixerStateError", "DomainDataError"]
 __version__ = "0.1.0"

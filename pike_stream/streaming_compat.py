@@ -6,6 +6,8 @@ them and that they still do what is relied on. (Composer's are in :mod:`pike_str
 
 - ``Stream._download_file``: the mixer fetches a domain's ``manifest.json`` beside streaming's
   ``index.json``, with the same storage back-ends, retries and settings streaming uses for the index.
+- ``Stream._downloader``: the mixer's shard cache fetches ``s3://`` shards with its own downloader (one GET
+  per attempt, retries decided by the cache: :class:`pike_stream.mixer.fetch.S3ShardDownloader`).
 - ``MDSWriter._write_index``, ``.executor``, ``.event`` and ``.exception_callback``: the converter's writer
   uploads ``index.json`` only after every shard upload has finished, and stays quiet about uploads cancelled
   by an interrupted conversion (:class:`converters.conversion.TokenWriter`).
@@ -13,9 +15,16 @@ them and that they still do what is relied on. (Composer's are in :mod:`pike_str
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
-__all__ = ["MDS_WRITER_INTERNALS", "StreamingCompatError", "download_stream_file", "require_writer_internals"]
+__all__ = [
+    "MDS_WRITER_INTERNALS",
+    "StreamingCompatError",
+    "download_stream_file",
+    "require_writer_internals",
+    "set_stream_downloader",
+]
 
 MDS_WRITER_INTERNALS = ("_write_index", "executor", "event", "exception_callback")
 
@@ -26,10 +35,8 @@ class StreamingCompatError(RuntimeError):
 
 def _version() -> str:
     try:
-        import streaming
-
-        return str(streaming.__version__)
-    except (ImportError, AttributeError):
+        return metadata.version("mosaicml-streaming")
+    except metadata.PackageNotFoundError:
         return "unknown"
 
 
@@ -45,6 +52,14 @@ def download_stream_file(stream: Any, remote_basename: str, local_basename: str)
     if download is None:
         raise _missing("Stream._download_file")
     download(remote_basename, local_basename)
+
+
+def set_stream_downloader(stream: Any, downloader: Any) -> None:
+    """Make a streaming ``Stream`` download its files with ``downloader`` (``download(remote, local, timeout)``
+    and ``clean_up()``, called as streaming calls its own) instead of the one streaming chose for its remote."""
+    if not hasattr(stream, "_downloader"):
+        raise _missing("Stream._downloader")
+    stream._downloader = downloader
 
 
 def require_writer_internals(writer: Any) -> None:

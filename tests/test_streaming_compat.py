@@ -16,6 +16,7 @@ from pike_stream.streaming_compat import (
     StreamingCompatError,
     download_stream_file,
     require_writer_internals,
+    set_stream_downloader,
 )
 
 __all__: list[str] = []
@@ -39,6 +40,37 @@ def test_stream_download_file_fetches_a_file_beside_the_index(tmp_path: Path) ->
 def test_a_stream_without_the_private_download_is_named() -> None:
     with pytest.raises(StreamingCompatError, match=r"has no Stream\._download_file, which pike_stream relies on"):
         download_stream_file(object(), "manifest.json", "x")
+
+
+def test_stream_downloads_with_the_downloader_set(tmp_path: Path) -> None:
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str | None, str, float]] = []
+            self.cleaned = 0
+
+        def download(self, remote: str | None, local: str, timeout: float) -> None:
+            self.calls.append((remote, local, timeout))
+            if len(self.calls) == 1:
+                raise OSError("first attempt fails")
+            Path(local).write_text("fetched")
+
+        def clean_up(self) -> None:
+            self.cleaned += 1
+
+    stream = Stream(remote="s3://bucket/data", local=str(tmp_path / "local"), split="train",
+                    download_retry=2, download_timeout=7)
+    (tmp_path / "local" / "train").mkdir(parents=True)
+    downloader = Recording()
+    set_stream_downloader(stream, downloader)
+    download_stream_file(stream, "shard.00000.mds", "shard.00000.mds")
+    local = str(tmp_path / "local" / "train" / "shard.00000.mds")
+    assert downloader.calls == [("s3://bucket/data/train/shard.00000.mds", local, 7)] * 2
+    assert downloader.cleaned == 1 and Path(local).read_text() == "fetched"
+
+
+def test_a_stream_without_the_private_downloader_is_named() -> None:
+    with pytest.raises(StreamingCompatError, match=r"has no Stream\._downloader, which pike_stream relies on"):
+        set_stream_downloader(object(), None)
 
 
 def test_mds_writer_has_what_the_token_writer_overrides_and_uses(tmp_path: Path) -> None:

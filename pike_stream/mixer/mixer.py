@@ -334,7 +334,7 @@ def _check_arguments(domains: Sequence[Domain], global_batch_size: int, rank: in
     empty = [i for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
     if empty:
         raise ValueError(f"domain names must be non-empty strings; domain(s) at position {empty} have {names}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate domain names: {duplicates}")
     if not isinstance(global_batch_size, int) or global_batch_size <= 0:

@@ -35,6 +35,7 @@ from streaming.base.hashing import get_hash
 
 from pike_stream.mixer.domain import DomainSource
 from pike_stream.mixer.fetch import S3ShardDownloader, describe_fetch_error
+from pike_stream.streaming_compat import set_stream_downloader
 
 __all__ = ["ShardCache", "ShardFetchError", "ShardIntegrityError"]
 
@@ -99,7 +100,7 @@ class ShardCache:
             if source.domain.remote:
                 source.stream.download_retry = 1  # one attempt per call: retrying is decided in _prepare
                 if source.domain.remote.startswith("s3://"):
-                    source.stream._downloader = S3ShardDownloader()
+                    set_stream_downloader(source.stream, S3ShardDownloader())
         self._evict()  # shards already on disk count too
 
     # ------------------------------------------------------------------------------------- reading
@@ -243,6 +244,7 @@ class ShardCache:
         info = zipped or raw
         path = os.path.join(source.stream.local, source.stream.split, info.basename)
         algo = source.stream.validate_hash
+        assert algo is not None  # streaming checks (and fails) a shard's hash only when it has an algorithm
         with open(path, "rb") as f:
             actual = get_hash(algo, f.read())
         if source.domain.remote:

@@ -33,7 +33,7 @@ def s3_client(settings: S3Settings, *, timeout_s: float = 60.0, max_attempts: in
     ``max_attempts`` counts the first try; ``timeout_s`` bounds each read, and connecting too unless
     ``connect_timeout_s`` is given. A malformed ``S3_ENDPOINT_URL`` is a :class:`StorageError` naming it.
     """
-    import boto3
+    import boto3.session
     from botocore.config import Config
 
     config = Config(

@@ -218,8 +218,10 @@ class EmbeddedS3:
         """
         server = cls(data_dir)
         state = read_state(server.state_path)
+        if state is None:
+            return None
         try:
-            pid, ports = int(state["pid"]), WeedPorts(**state["ports"])  # type: ignore[index]
+            pid, ports = int(state["pid"]), WeedPorts(**state["ports"])
         except (TypeError, KeyError, ValueError):
             return None
         if not is_weed_of(pid, server.data_dir):
@@ -295,6 +297,7 @@ class EmbeddedS3:
         make_files_private(self.data_dir, config)
 
     def _spawn(self) -> None:
+        assert self.ports is not None
         env = weed_env(self.data_dir)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -331,7 +334,7 @@ class EmbeddedS3:
         return True
 
     def _wait_ready(self, deadline: float) -> None:
-        assert self._proc is not None
+        assert self._proc is not None and self.ports is not None
         client = self._probe_client()
         while True:
             code = self._proc.poll()

@@ -10,7 +10,13 @@ Names are imported on first use, so reading a config does not import Composer.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
+    from pike_stream.train.builder import build_trainer
+    from pike_stream.train.cli import train
+    from pike_stream.train.config import ConfigError, TrainConfig, load_config
+    from pike_stream.train.records import read_batch_log, read_metrics
 
 __all__ = ["ConfigError", "TrainConfig", "build_trainer", "load_config", "read_batch_log", "read_metrics", "train"]
 

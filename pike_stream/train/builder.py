@@ -41,7 +41,7 @@ from pike_stream.train.composer_compat import (
     checkpoint_uploaders,
     close_orphaned_checkpoint_uploaders,
 )
-from pike_stream.train.config import ConfigError, DomainConfig, TensorBoardConfig, TrainConfig
+from pike_stream.train.config import ConfigError, DomainConfig, MLflowConfig, TensorBoardConfig, TrainConfig
 from pike_stream.train.evaluation import domain_evaluator
 from pike_stream.train.logs import BatchLog, JSONLinesLogger
 from pike_stream.train.model import CausalLM
@@ -114,15 +114,15 @@ def _evaluators(cfg: TrainConfig, domain_names: list[str]) -> list[Evaluator]:
         return []
     evaluators = []
     for d in cfg.eval_loader.domains:
-        evaluator, source = domain_evaluator(
+        evaluator, dataset = domain_evaluator(
             _domain(d), device_batch_size=cfg.eval_loader.device_batch_size,
             max_batches=cfg.eval_loader.max_batches,
             domain_index=domain_names.index(d.name) if d.name in domain_names else -1)
+        source = dataset.source
         if source.seq_len != cfg.max_seq_len:
             raise ConfigError(f"eval_loader domain {d.name!r} ({source.domain.where()}) has seq_len "
                               f"{source.seq_len}, the run has max_seq_len={cfg.max_seq_len}")
-        log.info("evaluating domain %r on %d samples of %s", d.name, len(evaluator.dataloader.dataloader.dataset),
-                 source.domain.where())
+        log.info("evaluating domain %r on %d samples of %s", d.name, len(dataset), source.domain.where())
         evaluators.append(evaluator)
     return evaluators
 
@@ -195,7 +195,7 @@ def _loggers(cfg: TrainConfig, run_folder: str) -> list[LoggerDestination]:
     if cfg.loggers.tensorboard is not None:
         loggers.append(_tensorboard_logger(cfg.loggers.tensorboard, run_folder))
     if cfg.loggers.mlflow is not None:
-        loggers.append(_mlflow_logger(cfg, run_folder))
+        loggers.append(_mlflow_logger(cfg.loggers.mlflow, cfg.run_name, run_folder))
     return loggers
 
 
@@ -215,8 +215,7 @@ def _tensorboard_logger(tb: TensorBoardConfig, run_folder: str) -> LoggerDestina
     return TensorboardLogger(log_dir=log_dir, flush_interval=tb.flush_interval)
 
 
-def _mlflow_logger(cfg: TrainConfig, run_folder: str) -> LoggerDestination:
-    ml = cfg.loggers.mlflow
+def _mlflow_logger(ml: MLflowConfig, run_name: str, run_folder: str) -> LoggerDestination:
     try:
         import mlflow  # noqa: F401
     except ImportError:
@@ -224,9 +223,9 @@ def _mlflow_logger(cfg: TrainConfig, run_folder: str) -> LoggerDestination:
     from composer.loggers import MLFlowLogger
 
     uri = ml.tracking_uri or f"sqlite:///{Path(run_folder, 'mlflow.db').resolve()}"
-    experiment = ml.experiment_name or cfg.run_name
+    experiment = ml.experiment_name or run_name
     log.info("MLflow: experiment %r at %s", experiment, uri)
-    return MLFlowLogger(experiment_name=experiment, run_name=cfg.run_name, tags=ml.tags, tracking_uri=uri,
+    return MLFlowLogger(experiment_name=experiment, run_name=run_name, tags=ml.tags, tracking_uri=uri,
                         synchronous=True, log_system_metrics=ml.log_system_metrics)
 
 
@@ -344,7 +343,8 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
     model = CausalLM(cfg.model, cfg.max_seq_len)
     log.info("model: GPT-2 with %d layers, width %d, %d heads, vocabulary %d: %.2fM parameters",
              cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.vocab_size, model.num_parameters / 1e6)
-    optimizer = DecoupledAdamW(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
+    beta1, beta2 = cfg.optimizer.betas  # two, checked by the config
+    optimizer = DecoupledAdamW(model.parameters(), lr=cfg.optimizer.lr, betas=(beta1, beta2),
                                eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)
     algorithms = [_pike(cfg)] if cfg.algorithms.pike is not None else []
     if not algorithms:

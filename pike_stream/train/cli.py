@@ -119,7 +119,7 @@ def _drop_interrupted_uploads(trainer: Any) -> None:
     """
     uploader = getattr(getattr(trainer, "_checkpoint_saver", None), "remote_uploader", None)
     futures = getattr(uploader, "futures", None)
-    if isinstance(futures, list):
+    if uploader is not None and isinstance(futures, list):
         uploader.futures = [f for f in futures if not f.cancelled() and f.exception() is None]  # waits for each
 
 

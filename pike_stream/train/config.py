@@ -426,9 +426,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         from pike_stream.mixer.mixer import parse_byte_size  # imports torch: only for a size that is given
 
         try:
-            return ByteSize(parse_byte_size(value))
+            size = parse_byte_size(value)
         except ValueError as error:
             raise ConfigError(f"{path}: {error}") from None
+        if size is None:  # a field typed `ByteSize | None` took null above
+            raise ConfigError(f"{path}: must not be null")
+        return ByteSize(size)
     if tp is bool:
         if isinstance(value, bool):
             return value

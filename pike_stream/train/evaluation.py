@@ -47,11 +47,12 @@ class DomainEvalDataset(Dataset):
 
 
 def domain_evaluator(domain: Domain, *, device_batch_size: int, max_batches: int | None,
-                     domain_index: int = -1) -> tuple[Evaluator, DomainSource]:
-    """An ``Evaluator`` labelled ``domain.name`` with the language-model metrics, and the opened source."""
+                     domain_index: int = -1) -> tuple[Evaluator, DomainEvalDataset]:
+    """An ``Evaluator`` labelled ``domain.name`` with the language-model metrics, and its dataset (the opened
+    source in ``.source``)."""
     source = DomainSource.open(domain)
     num_samples = None if max_batches is None else max_batches * device_batch_size
     dataset = DomainEvalDataset(source, num_samples, domain_index)
     sampler = dist.get_sampler(dataset, shuffle=False, drop_last=False)
     loader = DataLoader(dataset, batch_size=device_batch_size, sampler=sampler, num_workers=0)
-    return Evaluator(label=domain.name, dataloader=loader, metric_names=list(EVAL_METRICS)), source
+    return Evaluator(label=domain.name, dataloader=loader, metric_names=list(EVAL_METRICS)), dataset
