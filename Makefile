@@ -32,9 +32,11 @@ quickstart: install
 	$(S3ENV) && $(BIN)/pike-stream corpus convert $(DATA)/corpus --seq-len 128 --dest s3://pike-quickstart/mds --overwrite
 	$(S3ENV) && $(BIN)/pike-stream train yamls/quickstart.yaml $(QUICKSTART_ARGS)
 
-# Lint (ruff, configured in pyproject.toml) runs first: a lint error fails the test command.
+# Lint (ruff, then pyright in basic mode; both configured in pyproject.toml) runs first: a lint or type
+# error fails the test command.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/pyright
 
 test: lint
 	$(BIN)/python -m pytest -q

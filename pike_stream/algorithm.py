@@ -308,6 +308,7 @@ class PiKE(Algorithm):
 
     def _group_by_domain(self, state: State) -> None:
         """Mark the batch of an update step for domain-grouped microbatches and start measuring them."""
+        assert self.mixer is not None and state.device_train_microbatch_size is not None
         domains = state.batch["domain"]
         plan = plan_microbatches(domains, len(self.mixer.domain_names), int(state.device_train_microbatch_size))
         state.batch = DomainGroupedBatch(state.batch, plan)
@@ -321,7 +322,8 @@ class PiKE(Algorithm):
 
     def _measure_step(self, event: Event, state: State, logger: Logger) -> None:
         """probe_samples=0: follow the update step's microbatches; after the last one, update the weights."""
-        measured = self._step_statistics
+        measured, mixer = self._step_statistics, self.mixer
+        assert measured is not None and mixer is not None
         start = time.perf_counter()
         if event == Event.BEFORE_FORWARD:
             measured.before_forward(state.batch)
@@ -333,7 +335,7 @@ class PiKE(Algorithm):
             self._step_statistics = None
             probe = measured.result()
             metrics = {"pike/probe_seconds": self._step_seconds + time.perf_counter() - start}
-            current = np.array(list(self.mixer.weights.values()))
+            current = np.array(list(mixer.weights.values()))
             self._update(int(state.timestamp.batch), current, probe, metrics, logger)
             return
         self._step_seconds += time.perf_counter() - start
@@ -341,6 +343,7 @@ class PiKE(Algorithm):
     def _update(self, step: int, current: np.ndarray, probe: Any, metrics: dict[str, float], logger: Logger) -> None:
         """Set the weights of batch ``step + 1`` from the controller; log them with the statistics."""
         mixer, controller = self.mixer, self.controller
+        assert mixer is not None and controller is not None
         update = controller.next_weights(step, current, mixer.global_batch_size, probe,
                                          world_size=dist.get_world_size())
         if not np.array_equal(update.weights, current):

@@ -5,6 +5,7 @@
     pike-stream s3 …          the embedded S3 server                   (pike_stream.storage.cli)
     pike-stream train …       YAML → Composer training run             (pike_stream.train)
     pike-stream report …      weights / losses plots from a run's logs (pike_stream.report)
+    pike-stream audit …       replay what a run sampled, step by step  (pike_stream.audit)
 
 Sub-commands are imported lazily so ``pike-stream convert`` does not pay for importing torch.
 """
@@ -23,6 +24,7 @@ _COMMANDS = {
     "s3": ("pike_stream.storage.cli", "start, stop or inspect the embedded S3 server"),
     "train": ("pike_stream.train.cli", "train from a YAML config with PiKE"),
     "report": ("pike_stream.report", "plot weights and per-domain losses of a run"),
+    "audit": ("pike_stream.audit", "replay what a run sampled, step by step, and check it"),
 }
 
 

@@ -163,7 +163,7 @@ def check_schedule(update_interval: Any, warmup_steps: Any, ema: Any, probe_samp
     """Raise ``ValueError`` naming the option unless ``update_interval ≥ 1``, ``warmup_steps ≥ 0``,
     ``probe_samples ≥ 0`` (integers), ``0 ≤ ema < 1`` and ``0 ≤ pull ≤ 1``."""
     def integer(value: Any, minimum: int) -> bool:
-        return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
+        return bool(not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum)
 
     if not integer(update_interval, 1):
         raise ValueError(f"PiKE option 'update_interval' (T0, steps between updates) must be an integer ≥ 1, "

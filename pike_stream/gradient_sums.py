@@ -127,6 +127,7 @@ def reduce_pair(
         if a is None and b is None:
             continue
         ref = a if a is not None else b
+        assert ref is not None
         flat_a = a.reshape(-1) if a is not None else None
         flat_b = b.reshape(-1) if b is not None else None
         generator = _sketch_generator(seed, index, ref.device) if sketch_dim else None
@@ -139,6 +140,7 @@ def reduce_pair(
                 diff = chunk_a - chunk_b
             else:
                 diff = chunk_a if chunk_a is not None else chunk_b
+                assert diff is not None
             diff_sq += torch.dot(diff, diff).to(device, torch.float64)
             del diff
             if generator is not None:
@@ -176,6 +178,7 @@ def _sketch_chunk(
     elif chunk_a is not None:
         values = chunk_a * n_a
     else:
+        assert chunk_b is not None
         values = chunk_b * n_b
     signs = torch.bitwise_and(draw, 1).mul_(-2).add_(1)
     values.mul_(signs)

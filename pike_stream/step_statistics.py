@@ -231,6 +231,7 @@ class StepStatistics:
     def _take_difference(self) -> list[torch.Tensor]:
         """Turn ``_start`` into the accumulated gradient minus ``_start``, in place, and hand it over."""
         delta = self._start
+        assert delta is not None, "a half ends before it started"
         for d, p in zip(delta, self.params):
             d.neg_()
             if p.grad is not None:
@@ -250,6 +251,7 @@ class StepStatistics:
             return
         n = self._domain_size(mb.domain)
         n_a = n // 2
+        assert self._half_a is not None, "half B ends before half A"
         dot, diff_sq = reduce_pair(self._half_a, gradient, n_a, n - n_a, self.sketches[mb.domain], self.seed,
                                    self.chunk)
         self._half_a = None

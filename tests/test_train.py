@@ -355,6 +355,9 @@ def test_sigkill_and_rerun_reproduce_the_uninterrupted_run(s3_env: Any, s3_bucke
     weights = [[m[f"pike/weight/{n}"] for n in DOMAINS] for _, m in sorted(expected.items()) if "pike/weight/a" in m]
     assert not np.allclose(weights[-1], 1 / 3), "PiKE never moved the weights: the test would prove little"
     assert "weights:" in output and (resumed / "weights.png").exists()
+    # The audit replays the resumed run from its config and logged weights: the batches it logged, every step.
+    audit = _run([sys.executable, "-m", "pike_stream", "audit", str(resumed)], resumed)
+    assert "batch log: match" in audit and "holds" in audit
     # The same command once more: the run is finished; it says so, reports, and succeeds.
     again = _run(command, resumed)
     assert "already trained 16 of max_duration=16ba steps" in again and "weights:" in again

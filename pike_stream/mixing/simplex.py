@@ -8,6 +8,8 @@ above the floor keep their ratios, domains below it sit exactly on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = ["SIMPLEX_ATOL", "apply_floor", "check_weights", "log_normalize", "pull_toward"]
@@ -16,7 +18,8 @@ SIMPLEX_ATOL = 1e-6
 """How far from 1 the sum of a weight vector handed to a strategy may be (float drift, JSON round trips)."""
 
 
-def check_weights(weights: np.ndarray, name: str = "weights", num_domains: int | None = None) -> np.ndarray:
+def check_weights(weights: np.ndarray | Sequence[float], name: str = "weights",
+                  num_domains: int | None = None) -> np.ndarray:
     """Return ``weights`` as a float64 vector on Δ_K, or raise ``ValueError`` naming ``name``.
 
     The vector must be 1-D, finite, non-negative and sum to 1 within :data:`SIMPLEX_ATOL`; it is divided by
