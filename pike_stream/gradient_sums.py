@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["NUM_SUMS", "ProbeResult", "all_reduce_sums", "chunk_elements", "combine_sums", "domain_column",
-           "reduce_pair", "trainable_parameters", "unwrap_ddp"]
+           "reduce_pair", "rows_of", "trainable_parameters", "unwrap_ddp"]
 
 # Bounds of the slice of a gradient tensor reduced at once (to scalars and to the sketch); see chunk_elements.
 _MIN_CHUNK_ELEMENTS = 1 << 16
@@ -238,3 +238,14 @@ def combine_sums(sums: np.ndarray, sketches: np.ndarray) -> ProbeResult:
         counts=np.rint(counts).astype(np.int64),
         inner=inner,
     )
+
+
+def rows_of(batch: Mapping[str, object], rows: torch.Tensor, batch_size: int) -> dict:
+    """The batch restricted to ``rows``: tensors with ``batch_size`` rows are sliced, other entries kept."""
+    sub = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
+            sub[key] = value.index_select(0, rows.to(value.device))
+        else:
+            sub[key] = value
+    return sub

@@ -55,6 +55,7 @@ from pike_stream.gradient_sums import (
     combine_sums,
     domain_column,
     reduce_pair,
+    rows_of,
     trainable_parameters,
     unwrap_ddp,
 )
@@ -208,7 +209,7 @@ def _local_statistics(
     if singletons:
         rows = torch.cat(singletons)
         with torch.no_grad():
-            losses = _checked_loss(per_sample_loss, module, _sub_batch(batch, rows, batch_size), rows.numel())
+            losses = _checked_loss(per_sample_loss, module, rows_of(batch, rows, batch_size), rows.numel())
         sums[domains[rows].to(device), 3] += losses.to(device=device, dtype=torch.float64)
     return sums, sketches
 
@@ -222,7 +223,7 @@ def _half_gradient(
     params: Sequence[torch.nn.Parameter],
 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
     """Summed loss (detached, float64) and mean-loss gradient of the samples at ``rows``."""
-    losses = _checked_loss(per_sample_loss, module, _sub_batch(batch, rows, batch_size), rows.numel())
+    losses = _checked_loss(per_sample_loss, module, rows_of(batch, rows, batch_size), rows.numel())
     if not losses.requires_grad:
         name = getattr(per_sample_loss, "__name__", repr(per_sample_loss))
         raise ValueError(f"per_sample_loss {name} returned losses that do not require grad "
@@ -244,17 +245,6 @@ def _checked_loss(
         name = getattr(per_sample_loss, "__name__", repr(per_sample_loss))
         raise ValueError(f"per_sample_loss {name} returned {shape} for {n} samples; expected a tensor of shape ({n},)")
     return losses
-
-
-def _sub_batch(batch: Mapping[str, object], rows: torch.Tensor, batch_size: int) -> dict:
-    """The batch restricted to ``rows``: tensors with ``batch_size`` rows are sliced, other entries kept."""
-    sub = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
-            sub[key] = value.index_select(0, rows.to(value.device))
-        else:
-            sub[key] = value
-    return sub
 
 
 def _language_model(model: torch.nn.Module) -> torch.nn.Module:

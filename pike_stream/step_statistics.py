@@ -46,6 +46,7 @@ from pike_stream.gradient_sums import (
     chunk_elements,
     combine_sums,
     reduce_pair,
+    rows_of,
     trainable_parameters,
     unwrap_ddp,
 )
@@ -115,18 +116,7 @@ def split_batch(batch: Any, microbatch_size: int | float) -> Sequence[Any]:
     if not isinstance(batch, DomainGroupedBatch):
         return default_split_batch(batch, microbatch_size)
     size = batch["domain"].shape[0]
-    return [_rows_of(batch, mb.rows, size) for mb in batch.plan]
-
-
-def _rows_of(batch: Mapping[str, Any], rows: torch.Tensor, size: int) -> dict[str, Any]:
-    """The batch restricted to ``rows``: tensors with ``size`` rows are indexed, other entries kept."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
-            out[key] = value.index_select(0, rows.to(value.device))
-        else:
-            out[key] = value
-    return out
+    return [rows_of(batch, mb.rows, size) for mb in batch.plan]
 
 
 class StepStatistics:
