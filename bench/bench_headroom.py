@@ -52,7 +52,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-__all__ = ["analyse", "build_config", "main", "run_one", "static_grid", "write_report"]
+__all__ = ["analyse", "build_config", "main", "plot_curves_and_weights", "run_one", "static_grid", "write_report"]
 
 RESULTS = Path(ROOT) / "bench" / "results"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +89,9 @@ PIKE_SWEEP = (
     # defaults otherwise. Added with that option, after the held-out seeds 4-6 had been run with the others.
     {**PIKE_BASE, "zeta1": 0.1, "zeta2": 0.1, "pull": 0.1, "probe_samples": 0},
 )
+HELDOUT_ARMS = ["uniform", "best_static", "pike", "pike_zeta2_0", "pike_oracle", "pike_step_statistics",
+                "conceptual_pike"]
+"""The held-out arms, in the report's order."""
 CONCEPTUAL = {"lr": 3.0e-3, "smoothness": 1.0, "beta": 1.0, "gamma": 1.0, "min_weight": 0.01}
 
 
@@ -396,22 +399,23 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
               "| arm | final avg loss per seed | avg − uniform | final worst-domain loss | worst − uniform | "
               "steps to uniform's final avg (× uniform's) | noise weight at the end | wall s/run |",
               "|---|---|---:|---|---:|---|---|---:|"]
-    order = ["uniform", "best_static", "pike", "pike_zeta2_0", "pike_oracle", "pike_step_statistics",
-             "conceptual_pike"]
-    for arm in [a_ for a_ in order if a_ in a["table"]]:
+    for arm in [a_ for a_ in HELDOUT_ARMS if a_ in a["table"]]:
         row = a["table"][arm]
         lines.append(
             f"| {arm} | {', '.join(f'{x:.4f}' for x in row['final_avg'])} | {fmt_spread(row['diff_avg'])} | "
             f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {fmt_spread(row['diff_worst'])} | "
             f"{', '.join('—' if r is None else f'{r:.2f}' for r in row['step_ratio'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
-    lines += per_domain_and_goal_lines(result, [a_ for a_ in order if a_ in a["table"]], DOMAINS, a["goals"])
+    lines += per_domain_and_goal_lines(result, [a_ for a_ in HELDOUT_ARMS if a_ in a["table"]], DOMAINS,
+                                       a["goals"])
     lines += ["", "![validation loss and weights](headroom.png)", ""]
     (out / "headroom.md").write_text("\n".join(lines))
-    _plot(result, out / "headroom.png")
+    plot_curves_and_weights(result, out / "headroom.png", DOMAINS, HELDOUT_ARMS)
 
 
-def _plot(result: dict[str, Any], path: Path) -> None:
+def plot_curves_and_weights(result: dict[str, Any], path: Path, domains: tuple[str, ...], arms: list[str]) -> None:
+    """Left: each arm's validation loss averaged over domains (mean over the held-out seeds); right: pike's
+    weights on every held-out seed. Shared by the headroom and noise reports."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -421,28 +425,26 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for run in result["heldout"]:
         runs.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
-    for i, (arm, by_seed) in enumerate(runs.items()):
-        have = [s for s in seeds if s in by_seed]
+    for i, arm in enumerate(a for a in arms if a in runs):
+        have = [s for s in seeds if s in runs[arm]]
         if not have:
             continue
-        curve = np.mean([avg_curve(by_seed[s]) for s in have], axis=0)
-        axes[0].plot(by_seed[have[0]]["eval_steps"], curve, marker="o", ms=3, color=f"C{i}", label=arm)
+        curve = np.mean([avg_curve(runs[arm][s]) for s in have], axis=0)
+        axes[0].plot(runs[arm][have[0]]["eval_steps"], curve, marker="o", ms=3, color=f"C{i}", label=arm)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("avg validation loss over domains")
     axes[0].set_title("mean over the held-out seeds", fontsize=9)
     axes[0].legend(fontsize=8)
-    if "pike" in runs:
-        for s in seeds:
-            run = runs["pike"].get(s)
-            if run and run["weights"]:
-                w = np.array(run["weights"])
-                for k, d in enumerate(DOMAINS):
-                    axes[1].plot(run["weight_steps"], w[:, k], color=f"C{k}", alpha=0.7,
-                                 label=d if s == seeds[0] else None)
-        axes[1].axhline(1 / len(DOMAINS), color="grey", ls=":", lw=1)
-        axes[1].set_xlabel("step")
-        axes[1].set_ylabel("pike's weight (each held-out seed)")
-        axes[1].legend(fontsize=8)
+    for s in seeds:
+        run = runs.get("pike", {}).get(s)
+        if run and run["weights"]:
+            w = np.array(run["weights"])
+            for k, d in enumerate(domains):
+                axes[1].plot(run["weight_steps"], w[:, k], color=f"C{k}", alpha=0.7, label=d if s == seeds[0] else None)
+    axes[1].axhline(1 / len(domains), color="grey", ls=":", lw=1)
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("pike's weight (each held-out seed)")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -50,6 +50,7 @@ from bench_headroom import (  # noqa: E402
     final_losses,
     fmt_spread,
     per_domain_and_goal_lines,
+    plot_curves_and_weights,
     run_one,
     run_pool,
     shipped_defaults,
@@ -158,38 +159,7 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     lines += per_domain_and_goal_lines(result, [x for x in ARMS if x in a["table"]], DOMAINS, a["goals"])
     lines += ["", "![validation loss and weights](noise.png)", ""]
     (out / "noise.md").write_text("\n".join(lines))
-    _plot(result, out / "noise.png")
-
-
-def _plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    seeds = result["settings"]["seeds"]
-    runs = _by_arm(result)
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
-    for i, arm in enumerate(x for x in ARMS if x in runs):
-        have = [s for s in seeds if s in runs[arm]]
-        curve = np.mean([avg_curve(runs[arm][s]) for s in have], axis=0)
-        axes[0].plot(runs[arm][have[0]]["eval_steps"], curve, marker="o", ms=3, color=f"C{i}", label=arm)
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("avg validation loss over domains")
-    axes[0].set_title("mean over the held-out seeds", fontsize=9)
-    axes[0].legend(fontsize=8)
-    for s in seeds:
-        run = runs.get("pike", {}).get(s)
-        if run and run["weights"]:
-            w = np.array(run["weights"])
-            for k, d in enumerate(DOMAINS):
-                axes[1].plot(run["weight_steps"], w[:, k], color=f"C{k}", alpha=0.7, label=d if s == seeds[0] else None)
-    axes[1].axhline(1 / len(DOMAINS), color="grey", ls=":", lw=1)
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("pike's weight (each held-out seed)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    plot_curves_and_weights(result, out / "noise.png", DOMAINS, ARMS)
 
 
 def main(argv: list[str] | None = None) -> int:
