@@ -8,10 +8,13 @@ Three measurements, in one process, on the same model and synthetic domains (ran
   (zero_grad, forward, backward, Adam), for K = 2, 8 and 32 domains and a 64-sample training batch. The
   probe reads the default probe batch (``DEFAULT_PROBE_SAMPLES`` samples of every domain, so K·m samples in
   2K pieces), as PiKE does at its defaults. The algorithm's overhead at interval T0 is about this ratio /
-  T0; the table gives it for several T0.
+  T0; the table gives it for several T0. Beside it, the extra time of a training step that takes the
+  statistics itself (``probe_samples: 0``: domain-grouped microbatches, gradients read after each half;
+  :mod:`pike_stream.step_statistics`) over a plain step, on the same batch.
 * end to end: Composer Trainers on K = 8 domains, static weights (no algorithm) against PiKE at the default
-  T0 and at T0 = 100, trained in interleaved chunks of ``--chunk`` steps (every arm once per round, so load
-  changes on the machine hit all alike); the overhead is the extra wall time per chunk.
+  T0 and at T0 = 100, and PiKE with ``probe_samples: 0`` at the default T0, trained in interleaved chunks of
+  ``--chunk`` steps (every arm once per round, so load changes on the machine hit all alike); the overhead is
+  the extra wall time per chunk.
 * memory: peak bytes of live tensors during a static step and during probe + step (as in Composer, the
   previous step's gradients are alive while the probe runs), counted by a dispatch mode that sees every
   tensor an operator allocates; the extra is compared with the parameters' bytes (one gradient buffer).
@@ -197,6 +200,34 @@ class StepAndProbe:
 
         probe_domains(self.model, self.probe_batch, self.k, causal_lm_per_sample_loss, sketch_dim=sketch_dim)
 
+    def step_in_microbatches(self, microbatch_size: int) -> None:
+        """A training step accumulated over microbatches, as Composer runs it (each loss × its share)."""
+        from pike_stream.probe import causal_lm_per_sample_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        for rows in torch.arange(BATCH).split(microbatch_size):
+            microbatch = {key: value[rows] for key, value in self.batch.items()}
+            (causal_lm_per_sample_loss(self.model, microbatch).mean() * len(rows) / BATCH).backward()
+        self.optimizer.step()
+
+    def measured_step(self, microbatch_size: int = BATCH, sketch_dim: int = 256) -> None:
+        """A training step that takes the statistics itself, as Composer runs it with ``probe_samples: 0``:
+        domain-grouped microbatches, each loss scaled by its share of the batch, gradients read after each half."""
+        from pike_stream.probe import causal_lm_per_sample_loss
+        from pike_stream.step_statistics import DomainGroupedBatch, StepStatistics, plan_microbatches, split_batch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        plan = plan_microbatches(self.batch["domain"], self.k, microbatch_size)
+        measured = StepStatistics(self.model, plan, self.k, BATCH, sketch_dim=sketch_dim, seed=0)
+        for microbatch in split_batch(DomainGroupedBatch(self.batch, plan), microbatch_size):
+            measured.before_forward(microbatch)
+            loss = causal_lm_per_sample_loss(self.model, microbatch).mean()
+            measured.after_loss(loss)
+            (loss * len(microbatch["domain"]) / BATCH).backward()
+            measured.after_backward()
+        measured.result()
+        self.optimizer.step()
+
 
 def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
     """Median step and probe times for each K, on one batch of the mixer (uniform weights)."""
@@ -210,20 +241,43 @@ def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
 
         step()
         probe()
-        steps, probes, unsketched = [], [], []
+        small = max(1, BATCH // (2 * k))  # microbatches no larger than a domain half at uniform weights
+
+        def small_step(run: StepAndProbe = run, small: int = small) -> None:
+            run.step_in_microbatches(small)
+
+        def small_measured(run: StepAndProbe = run, small: int = small) -> None:
+            run.measured_step(small)
+
+        run.measured_step()
+        steps, probes, unsketched, measured, small_steps, small_measured_steps = [], [], [], [], [], []
         for _ in range(repeats):  # alternate, so load changes hit all alike
             steps += timed(step, 2)
             probes += timed(probe, 1)
             unsketched += timed(probe_without_sketch, 1)
+            measured += timed(run.measured_step, 2)
+            small_steps += timed(small_step, 2)
+            small_measured_steps += timed(small_measured, 2)
         step_s, probe_s = statistics.median(steps), statistics.median(probes)
         ratio = probe_s / step_s
+        measured_s = statistics.median(measured)
+        step_ratio = (measured_s - step_s) / step_s
+        small_ratio = statistics.median(small_measured_steps) / statistics.median(small_steps) - 1
         rows.append({"domains": k, "samples_per_domain": BATCH // k,
                      "probe_samples_per_domain": int(run.probe_batch["domain"].numel()) // k,
                      "step_s": step_s, "probe_s": probe_s,
                      "probe_without_sketch_s": statistics.median(unsketched), "probe_over_step": ratio,
-                     "predicted_overhead": {str(t0): ratio / t0 for t0 in INTERVALS}})
+                     "predicted_overhead": {str(t0): ratio / t0 for t0 in INTERVALS},
+                     "measured_step_s": measured_s, "measured_step_extra_over_step": step_ratio,
+                     "predicted_overhead_step_statistics": {str(t0): step_ratio / t0 for t0 in INTERVALS},
+                     "small_microbatch": small, "small_microbatch_step_s": statistics.median(small_steps),
+                     "small_microbatch_measured_step_s": statistics.median(small_measured_steps),
+                     "small_microbatch_measured_extra_over_step": small_ratio,
+                     "predicted_overhead_step_statistics_small_microbatch": {
+                         str(t0): small_ratio / t0 for t0 in INTERVALS}})
         print(f"K={k:2d}: step {step_s:.3f}s, probe {probe_s:.3f}s (no sketch "
-              f"{rows[-1]['probe_without_sketch_s']:.3f}s), ratio {ratio:.2f}", flush=True)
+              f"{rows[-1]['probe_without_sketch_s']:.3f}s), ratio {ratio:.2f}; a step taking the statistics "
+              f"{measured_s:.3f}s (+{step_ratio:.1%}); with microbatches of {small}: +{small_ratio:.1%}", flush=True)
     return rows
 
 
@@ -316,14 +370,16 @@ def end_to_end(root: str, chunk: int, rounds: int) -> dict[str, Any]:
         def batch_end(self, state, logger) -> None:
             self.seconds.append(time.perf_counter() - self._start)
 
+    step_arm = f"pike_T0={DEFAULT_UPDATE_INTERVAL}_probe_samples=0"
     intervals = {"static": None, f"pike_T0={DEFAULT_UPDATE_INTERVAL}": DEFAULT_UPDATE_INTERVAL,
-                 "pike_T0=100": 100, "static_control": None}
+                 "pike_T0=100": 100, step_arm: DEFAULT_UPDATE_INTERVAL, "static_control": None}
     trainers, timers, algorithms, loggers = {}, {}, {}, {}
     for name, interval in intervals.items():
         model = make_composer_model()
         timers[name], loggers[name] = StepTimes(), InMemoryLogger()
-        algorithms[name] = [] if interval is None else [TimedPiKE(update_interval=interval)]
-        trainers[name] = Trainer(model=model, train_dataloader=make_mixer(root, END_TO_END_K).dataloader(),
+        options = {"probe_samples": 0} if name == step_arm else {}
+        algorithms[name] = [] if interval is None else [TimedPiKE(update_interval=interval, **options)]
+        trainers[name] = Trainer(model=model, train_dataloader=PiKE.data_spec(make_mixer(root, END_TO_END_K)),
                                  max_duration="1ba", algorithms=algorithms[name], callbacks=[timers[name]],
                                  loggers=[loggers[name]], optimizers=torch.optim.Adam(model.parameters(), lr=1e-3),
                                  device="cpu", device_train_microbatch_size=BATCH, progress_bar=False,
@@ -341,7 +397,7 @@ def end_to_end(root: str, chunk: int, rounds: int) -> dict[str, Any]:
                   flush=True)
 
     static_step = statistics.median(timers["static"].seconds)
-    probes = [value for name, interval in intervals.items() if interval is not None
+    probes = [value for name, interval in intervals.items() if interval is not None and name != step_arm
               for ts, value in loggers[name].data.get("pike/probe_seconds", []) if int(ts.batch) > 0]
     probe_s = statistics.mean(probes)
     arms = {}
@@ -349,13 +405,22 @@ def end_to_end(root: str, chunk: int, rounds: int) -> dict[str, Any]:
         if interval is None:
             continue
         bookkeeping = statistics.median(algorithms[name][0].bookkeeping_s)
-        estimate = (bookkeeping + probe_s / interval) / static_step
+        if name == step_arm:  # the cost is inside the update steps: their extra time over the other steps
+            seconds = timers[name].seconds  # step i of the timed chunks is batch i + 1 (one warm-up step)
+            update = [s for i, s in enumerate(seconds) if (i + 1) % interval == 0]
+            other = [s for i, s in enumerate(seconds) if (i + 1) % interval != 0]
+            extra = statistics.mean(update) - statistics.median(other)
+            estimate = (bookkeeping + extra / interval) / static_step
+        else:
+            extra = probe_s
+            estimate = (bookkeeping + probe_s / interval) / static_step
         arms[name] = {"update_interval": interval, "median_bookkeeping_s": bookkeeping,
                       "median_step_s": statistics.median(timers[name].seconds),
                       "overhead_from_step_times": estimate,
                       "wall_overhead": sum(wall[name]) / sum(wall["static"]) - 1}
-        print(f"{name}: overhead {estimate:+.2%} (bookkeeping {bookkeeping * 1e6:.0f} us/step, probe "
-              f"{probe_s:.3f}s / {interval}); wall clock {arms[name]['wall_overhead']:+.1%}", flush=True)
+        arms[name]["extra_s_per_update"] = extra
+        print(f"{name}: overhead {estimate:+.2%} (bookkeeping {bookkeeping * 1e6:.0f} us/step, "
+              f"{extra:.3f}s per update / {interval}); wall clock {arms[name]['wall_overhead']:+.1%}", flush=True)
     noise = sum(wall["static_control"]) / sum(wall["static"]) - 1
     print(f"wall clock of a second static arm: {noise:+.1%} (the machine's noise)", flush=True)
     return {"domains": END_TO_END_K, "chunk_steps": chunk, "rounds": rounds, "median_static_step_s": static_step,
@@ -382,6 +447,11 @@ def plot(result: dict[str, Any], path: str) -> None:
         intervals = sorted(int(t) for t in row["predicted_overhead"])
         ax.plot(intervals, [100 * row["predicted_overhead"][str(t)] for t in intervals], marker="o",
                 label=f"K = {row['domains']}, predicted (a probe costs {row['probe_over_step']:.1f} steps)")
+        if "predicted_overhead_step_statistics" in row:
+            ax.plot(intervals, [100 * max(row["predicted_overhead_step_statistics"][str(t)], 1e-4) for t in intervals],
+                    marker=".", ls="--", color=ax.lines[-1].get_color(),
+                    label=f"K = {row['domains']}, probe_samples: 0 (a step costs "
+                          f"{row['measured_step_extra_over_step']:+.0%})")
     e2e = result["end_to_end"]
     points = sorted((arm["update_interval"], 100 * arm["wall_overhead"]) for arm in e2e["pike"].values())
     ax.scatter(*zip(*points), marker="x", s=60, color="black", zorder=3,
