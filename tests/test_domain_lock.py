@@ -141,6 +141,7 @@ def race(remote: str, tmp_path: Path, processes: int, rounds: int, interval_s: f
     return results
 
 
+@pytest.mark.slow  # three interpreters importing torch, four rounds: about 30 s
 def test_local_leaders_opening_one_cache_folder_at_once(remote_en, tmp_path):
     remote, source = remote_en
     index = json.loads((source / "index.json").read_bytes())
