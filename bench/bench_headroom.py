@@ -52,7 +52,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-__all__ = ["analyse", "build_config", "main", "plot_curves_and_weights", "run_one", "static_grid", "write_report"]
+__all__ = ["analyse", "build_config", "fill_cache", "main", "plot_curves_and_weights", "run_one", "static_grid",
+           "write_report"]
 
 RESULTS = Path(ROOT) / "bench" / "results"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -226,6 +227,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, work: str, seeds: str)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--cache-from", metavar="JSON",
+                        help="a results JSON whose runs fill --work first (runs with the same spec are not rerun)")
+
+
+def fill_cache(work: str, results_json: str | None) -> str:
+    """Put the runs of an earlier results JSON into ``work`` as finished runs (:func:`run_one` reuses a run only
+    when its spec and steps are the same); returns the command-line suffix that says so."""
+    if not results_json:
+        return ""
+    previous = json.loads(Path(results_json).read_text())
+    for run in previous.get("grid", []) + previous.get("sweep", []) + previous.get("heldout", []):
+        (Path(work) / f"{run['spec']['name']}.json").write_text(json.dumps(run))
+    return f" --cache-from {results_json}"
 
 
 def run_pool(jobs: int) -> ProcessPoolExecutor:
@@ -458,8 +472,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-seed", type=int, default=0)
     parser.add_argument("--stage", choices=("tune", "all"), default="all",
                         help="tune: only the tuning seed's grid and sweep (prints the choice)")
-    parser.add_argument("--cache-from", metavar="JSON",
-                        help="a headroom.json whose runs fill --work first (runs with the same spec are not rerun)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.report_only:
@@ -469,10 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
         parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/corpora.py headroom)")
     os.makedirs(args.work, exist_ok=True)
-    if args.cache_from:
-        previous = json.loads(Path(args.cache_from).read_text())
-        for run in previous["grid"] + previous["sweep"] + previous["heldout"]:
-            (Path(args.work) / f"{run['spec']['name']}.json").write_text(json.dumps(run))
+    cached = fill_cache(args.work, args.cache_from)
     seeds = [int(s) for s in args.seeds.split(",")]
     pool = run_pool(args.jobs)
 
@@ -523,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                      "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
         "command": "python bench/bench_headroom.py --data HEADROOM/mds --work RUNS "
                    f"--steps {args.steps} --eval-every {args.eval_every} --tune-seed {tune} --seeds {args.seeds} "
-                   f"--jobs {args.jobs}" + (f" --cache-from {args.cache_from}" if args.cache_from else ""),
+                   f"--jobs {args.jobs}{cached}",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "grid": grid, "sweep": sweep, "best_static": best_static, "chosen_pike": chosen,
         "shipped_defaults": shipped, "heldout": heldout,

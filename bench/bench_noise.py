@@ -21,7 +21,8 @@ domains with equal weight.
    headroom corpus), so the held-out seeds judge the defaults as a user gets them.
 3. **Held-out seeds** (``--seeds``, scored on the VALIDATION split): uniform, best_static, pike, and
    pike_oracle (the same rule with :data:`~bench_headroom.ORACLE_PROBE` probe samples per domain: whether
-   better statistics would change the outcome). Differences to uniform are paired per seed.
+   better statistics would change the outcome), and pike_step_statistics (``probe_samples: 0``: the statistics
+   of the update step's own samples, no probe batch). Differences to uniform are paired per seed.
 
 Writes ``bench/results/noise.json`` and, from it, ``noise.md`` and ``noise.png``; finished runs are kept in
 ``WORK/<name>.json`` and reused.
@@ -47,6 +48,7 @@ from bench_headroom import (  # noqa: E402
     SEQ_LEN,
     add_common_arguments,
     avg_curve,
+    fill_cache,
     final_losses,
     fmt_spread,
     per_domain_and_goal_lines,
@@ -61,7 +63,7 @@ __all__ = ["NOISE_SHARES", "analyse", "main", "static_grid", "write_report"]
 
 DOMAINS = ("en", "code", "noise")
 NOISE_SHARES = (0.02, 0.1, 0.2, 1 / 3, 0.5)
-ARMS = ("uniform", "best_static", "pike", "pike_oracle")
+ARMS = ("uniform", "best_static", "pike", "pike_oracle", "pike_step_statistics")
 
 
 def static_grid() -> list[dict[str, float]]:
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
         parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/corpora.py headroom)")
     os.makedirs(args.work, exist_ok=True)
+    cached = fill_cache(args.work, args.cache_from)
     seeds = [int(s) for s in args.seeds.split(",")]
     pool = run_pool(args.jobs)
 
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped = shipped_defaults()
     pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped}
     arms = {"uniform": ({"strategy": "uniform"}, None), "best_static": ({"strategy": "uniform"}, best_static),
-            "pike": (pike, None), "pike_oracle": ({**pike, "probe_samples": ORACLE_PROBE}, None)}
+            "pike": (pike, None), "pike_oracle": ({**pike, "probe_samples": ORACLE_PROBE}, None),
+            "pike_step_statistics": ({**pike, "probe_samples": 0}, None)}
     heldout = run_all([{"name": f"{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "pike": p,
                         **({"weights": w} if w else {})} for seed in seeds for arm, (p, w) in arms.items()])
     pool.shutdown()
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "tune_seed": tune, "seeds": seeds,
                      "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
         "command": f"python bench/bench_noise.py --data HEADROOM/mds --work RUNS --steps {args.steps} "
-                   f"--eval-every {args.eval_every} --tune-seed {tune} --seeds {args.seeds} --jobs {args.jobs}",
+                   f"--eval-every {args.eval_every} --tune-seed {tune} --seeds {args.seeds} --jobs {args.jobs}{cached}",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "grid": grid, "best_static": best_static, "shipped_defaults": shipped, "heldout": heldout,
     }
