@@ -101,6 +101,16 @@ def find_mixer(dataloader: Any) -> PiKEStreamingMixer:
     return dataset
 
 
+def _refuse_sharded_training(state: Any) -> None:
+    """PiKE's probe differentiates the model as one module per rank and all-reduces scalars (DDP's layout):
+    with FSDP or tensor parallelism each rank holds a shard of the parameters, so the per-domain statistics
+    would be those of a shard. Refused rather than computed wrong."""
+    for name, what in (("fsdp_config", "FSDP"), ("tp_config", "tensor parallelism")):
+        if getattr(state, name, None) is not None:
+            raise ValueError(f"PiKE does not support {what} ({name} is set): its probe needs every rank to hold "
+                             f"the whole model; train with DDP (remove {name} / parallelism_config)")
+
+
 class PiKE(Algorithm):
     """Adaptive data mixing (PiKE, arXiv 2502.06244) for a :class:`~pike_stream.mixer.PiKEStreamingMixer`.
 
@@ -199,6 +209,7 @@ class PiKE(Algorithm):
     def _fit_start(self, state: State) -> None:
         """Find the mixer, build the controller (with the state of a checkpoint or of an earlier ``fit()``) and
         set step 0's weights."""
+        _refuse_sharded_training(state)
         mixer = self.mixer = find_mixer(state.train_dataloader)
         previous = self.controller.state_dict() if self.controller is not None else self._pending_state
         self.controller = MixingController(self.strategy, mixer.domain_names, update_interval=self.update_interval,
