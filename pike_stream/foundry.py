@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizer
 
 from converters.tokenizers import ByteTokenizer
-from pike_stream.algorithm import PiKE, find_mixer
+from pike_stream.algorithm import PiKE, _refuse_sharded_training, find_mixer
 from pike_stream.mixer import Domain, PiKEStreamingMixer
 from pike_stream.mixing.checks import check_domain_weights
 from pike_stream.train.composer_compat import check_saver_latest_symlink_often
@@ -200,13 +200,13 @@ class FoundryPiKE(PiKE):
         _follow_foundry_log_level()
 
     def _fit_start(self, state: State) -> None:
+        _refuse_sharded_training(state)
         for callback in getattr(state, "callbacks", []):
             if isinstance(callback, CheckpointSaver):
                 check_saver_latest_symlink_often(callback)
-        if self.initial_weights is None and getattr(state, "fsdp_config", None) is None:
-            configured = _CONFIGURED_WEIGHTS.get(_mixer_or_none(state))
-            if configured is not None:
-                self.initial_weights = dict(configured)
+        mixer = _mixer_or_none(state)
+        if self.initial_weights is None and mixer is not None and _CONFIGURED_WEIGHTS.get(mixer) is not None:
+            self.initial_weights = dict(_CONFIGURED_WEIGHTS[mixer])
         super()._fit_start(state)
         step = int(state.timestamp.batch)
         if step and self.mixer is not None:
