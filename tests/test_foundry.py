@@ -155,6 +155,37 @@ def test_the_byte_tokenizer_is_the_converters() -> None:
 
 
 # ------------------------------------------------------------------------------------------ llm-foundry
+_NEEDS_FOUNDRY = pytest.mark.skipif(importlib.util.find_spec("llmfoundry") is None,
+                                    reason="needs llm-foundry, which lives in .venv-foundry: `make test` runs "
+                                           "this file there next")
+
+
+@_NEEDS_FOUNDRY
+def test_every_shipped_foundry_yaml_names_registered_parts_with_valid_keys() -> None:
+    """yamls/foundry_*.yaml, resolved as llm-foundry resolves them: the sections pike_stream reads pass its checks
+    and every name they use is in llm-foundry's registries."""
+    from llmfoundry import registry
+    from omegaconf import OmegaConf
+
+    from pike_stream.foundry import FoundryLoaderConfig
+    from pike_stream.train.config import check_train_loader, section_from_dict
+
+    paths = sorted((REPO / "yamls").glob("foundry_*.yaml"))
+    assert [p.name for p in paths] == ["foundry_pike.yaml"]
+    for path in paths:
+        assert path.read_text().startswith("#"), f"{path.name} should start with a comment saying what it is for"
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        loader = dict(cfg["train_loader"])
+        assert loader.pop("name") in registry.dataloaders
+        check_train_loader(section_from_dict(FoundryLoaderConfig, loader, "train_loader"))
+        assert cfg["tokenizer"]["name"] in registry.tokenizers
+        assert set(cfg["algorithms"]) == {"pike"} and "pike" in registry.algorithms
+        FoundryPiKE(**cfg["algorithms"]["pike"])
+        assert all(name in registry.callbacks for name in cfg["callbacks"])
+        assert all(name in registry.loggers for name in cfg["loggers"])
+        assert cfg["model"]["vocab_size"] >= len(ByteLevelTokenizer())
+
+
 def _train_command(*overrides: str) -> list[str]:
     """llm-foundry's own train command (its ``llmfoundry train`` console script) on yamls/foundry_pike.yaml."""
     return [sys.executable, "-m", "llmfoundry.cli.cli", "train", str(YAML), *overrides]
@@ -249,8 +280,7 @@ def _kill_after_a_checkpoint(proc: subprocess.Popen, log: Path, run_folder: Path
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llmfoundry") is None,
-                    reason="llm-foundry lives in .venv-foundry: run `make test-foundry`")
+@_NEEDS_FOUNDRY
 def test_llm_foundry_trains_with_pike_and_resumes_exactly_after_a_kill(s3_env: EmbeddedS3, s3_bucket: str,
                                                                        tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
