@@ -112,6 +112,16 @@ def find_mixer(dataloader: Any) -> PiKEStreamingMixer:
     return dataset
 
 
+def _refuse_sharded_training(state: Any) -> None:
+    """PiKE's probe differentiates the model as one module per rank and all-reduces scalars (DDP's layout):
+    with FSDP or tensor parallelism each rank holds a shard of the parameters, so the per-domain statistics
+    would be those of a shard. Refused rather than computed wrong."""
+    for name, what in (("fsdp_config", "FSDP"), ("tp_config", "tensor parallelism")):
+        if getattr(state, name, None) is not None:
+            raise ValueError(f"PiKE does not support {what} ({name} is set): its probe needs every rank to hold "
+                             f"the whole model; train with DDP (remove {name} / parallelism_config)")
+
+
 class PiKE(Algorithm):
     """Adaptive data mixing (PiKE, arXiv 2502.06244) for a :class:`~pike_stream.mixer.PiKEStreamingMixer`.
 
@@ -224,6 +234,7 @@ class PiKE(Algorithm):
     def _fit_start(self, state: State) -> None:
         """Find the mixer, build the controller (with the state of a checkpoint or of an earlier ``fit()``) and
         set step 0's weights."""
+        _refuse_sharded_training(state)
         mixer = self.mixer = find_mixer(state.train_dataloader)
         previous = self.controller.state_dict() if self.controller is not None else self._pending_state
         self.controller = MixingController(self.strategy, mixer.domain_names, update_interval=self.update_interval,
@@ -235,14 +246,9 @@ class PiKE(Algorithm):
             self.controller.load_state_dict(previous)
             self._pending_state = None
         strategy_initial = self.controller.initial_weights(list(mixer.domain_sizes.values()))  # checks min_weight
-        if self.strategy.adaptive and self.probe_samples == 0:
-            if state.auto_microbatching:
-                raise ValueError("PiKE option 'probe_samples: 0' (statistics from the training step) needs a fixed "
-                                 "device_train_microbatch_size, not 'auto': the step's microbatches are grouped by "
-                                 "domain")
-            if state.fsdp_enabled:
-                raise ValueError("PiKE option 'probe_samples: 0' reads whole gradients between microbatches, which "
-                                 "FSDP shards; use DDP, or a probe batch (probe_samples ≥ 2)")
+        if self.strategy.adaptive and self.probe_samples == 0 and state.auto_microbatching:
+            raise ValueError("PiKE option 'probe_samples: 0' (statistics from the training step) needs a fixed "
+                             "device_train_microbatch_size, not 'auto': the step's microbatches are grouped by domain")
         self._step_statistics = None
         self._warn_if_probe_is_thin(mixer)
         step = int(state.timestamp.batch)

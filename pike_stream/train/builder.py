@@ -41,7 +41,14 @@ from pike_stream.train.composer_compat import (
     checkpoint_uploaders,
     close_orphaned_checkpoint_uploaders,
 )
-from pike_stream.train.config import ConfigError, DomainConfig, MLflowConfig, TensorBoardConfig, TrainConfig
+from pike_stream.train.config import (
+    ConfigError,
+    DomainConfig,
+    MLflowConfig,
+    TensorBoardConfig,
+    TrainConfig,
+    pike_options,
+)
 from pike_stream.train.evaluation import domain_evaluator
 from pike_stream.train.logs import BatchLog, JSONLinesLogger
 from pike_stream.train.model import CausalLM
@@ -96,12 +103,7 @@ def _pike(cfg: TrainConfig) -> Any:
     pike = cfg.algorithms.pike
     assert pike is not None
     try:
-        algorithm = PiKE(strategy=pike.strategy, update_interval=pike.update_interval,
-                         warmup_steps=pike.warmup_steps, probe_samples=pike.probe_samples,
-                         initial_weights=cfg.train_loader.weights, ema=pike.ema, pull=pike.pull,
-                         allow_changes=pike.allow_changes,
-                         sketch_dim=pike.sketch_dim, conflict_threshold=pike.conflict_threshold,
-                         **pike.strategy_options)
+        algorithm = PiKE(initial_weights=cfg.train_loader.weights, **pike_options(pike))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"algorithms.pike: {error}") from error
     log.info("mixing strategy %r, options %s; weights refreshed every %d steps (after %d warm-up steps)",

@@ -10,8 +10,8 @@ import gc
 import logging
 from typing import Any
 
-__all__ = ["SYMLINK_RETRY_SECONDS", "check_latest_symlink_often", "checkpoint_uploaders",
-           "close_checkpoint_uploader", "close_orphaned_checkpoint_uploaders"]
+__all__ = ["SYMLINK_RETRY_SECONDS", "check_latest_symlink_often", "check_saver_latest_symlink_often",
+           "checkpoint_uploaders", "close_checkpoint_uploader", "close_orphaned_checkpoint_uploaders"]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,12 @@ def check_latest_symlink_often(trainer: Any) -> bool:
     checkpoint, and every run's end waits for the last check. The setting is a private attribute of
     Composer's ``CheckpointSaver`` (meant for exactly this, in tests). Returns whether it was set.
     """
-    saver = getattr(trainer, "_checkpoint_saver", None)
+    return check_saver_latest_symlink_often(getattr(trainer, "_checkpoint_saver", None))
+
+
+def check_saver_latest_symlink_often(saver: Any) -> bool:
+    """:func:`check_latest_symlink_often` for a ``CheckpointSaver`` callback itself (e.g. found in
+    ``state.callbacks`` by an algorithm of a trainer built elsewhere, such as llm-foundry's)."""
     if saver is None or not hasattr(saver, "_symlink_upload_wait_before_next_try_in_seconds"):
         return False
     saver._symlink_upload_wait_before_next_try_in_seconds = SYMLINK_RETRY_SECONDS

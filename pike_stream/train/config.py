@@ -50,9 +50,13 @@ __all__ = [
     "TrainConfig",
     "TrainLoaderConfig",
     "apply_overrides",
+    "check_pike",
+    "check_train_loader",
     "config_from_dict",
     "load_config",
     "parse_duration",
+    "pike_options",
+    "section_from_dict",
 ]
 
 
@@ -325,55 +329,75 @@ def _check_semantics(cfg: TrainConfig) -> None:
         raise ConfigError(f"optimizer.betas: must be in [0, 1), got {cfg.optimizer.betas}")
     if cfg.model.n_embd % cfg.model.n_head:
         raise ConfigError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})")
-    if not cfg.train_loader.domains:
-        raise ConfigError("train_loader.domains: list at least one domain")
-    for where, domains in (("train_loader", cfg.train_loader.domains),
-                           ("eval_loader", cfg.eval_loader.domains if cfg.eval_loader else [])):
-        names = [d.name for d in domains]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError(f"{where}.domains: duplicate domain names {duplicates}")
-        for i, d in enumerate(domains):
-            if not d.remote and not d.local:
-                raise ConfigError(f"{where}.domains.{i} ({d.name!r}): give `remote` (e.g. s3://bucket/path) "
-                                  f"or `local` (a folder)")
+    check_train_loader(cfg.train_loader)
     if cfg.eval_loader is not None:
+        _check_domains(cfg.eval_loader.domains, "eval_loader")
         if cfg.eval_loader.device_batch_size <= 0:
             raise ConfigError(f"eval_loader.device_batch_size: must be positive, got "
                               f"{cfg.eval_loader.device_batch_size}")
         if cfg.eval_loader.max_batches is not None and cfg.eval_loader.max_batches <= 0:
             raise ConfigError(f"eval_loader.max_batches: must be positive (or null for the whole split), got "
                               f"{cfg.eval_loader.max_batches}")
-    loader = cfg.train_loader
+    if cfg.algorithms.pike is not None:
+        check_pike(cfg.algorithms.pike)
+    if cfg.autoresume and not cfg.save_folder:
+        raise ConfigError("autoresume: true needs a save_folder to find the latest checkpoint in")
+
+
+def _check_domains(domains: list[DomainConfig], where: str) -> None:
+    names = [d.name for d in domains]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}.domains: duplicate domain names {duplicates}")
+    for i, d in enumerate(domains):
+        if not d.remote and not d.local:
+            raise ConfigError(f"{where}.domains.{i} ({d.name!r}): give `remote` (e.g. s3://bucket/path) "
+                              f"or `local` (a folder)")
+
+
+def check_train_loader(loader: TrainLoaderConfig, where: str = "train_loader") -> None:
+    """The checks of a train loader section that need no data or storage (``where``: its key, for errors)."""
+    if not loader.domains:
+        raise ConfigError(f"{where}.domains: list at least one domain")
+    _check_domains(loader.domains, where)
     for key in ("read_ahead", "read_ahead_workers"):
         if getattr(loader, key) < 0:
-            raise ConfigError(f"train_loader.{key}: must be ≥ 0, got {getattr(loader, key)}")
+            raise ConfigError(f"{where}.{key}: must be ≥ 0, got {getattr(loader, key)}")
     if loader.shuffle_algo not in _SHUFFLE_ALGOS:
-        raise ConfigError(f"train_loader.shuffle_algo: {loader.shuffle_algo!r} is not one of "
+        raise ConfigError(f"{where}.shuffle_algo: {loader.shuffle_algo!r} is not one of "
                           f"{', '.join(sorted(_SHUFFLE_ALGOS))}")
     if loader.weights is not None:
         try:
-            check_domain_weights(loader.weights, [d.name for d in loader.domains], key="train_loader.weights")
+            check_domain_weights(loader.weights, [d.name for d in loader.domains], key=f"{where}.weights")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    pike = cfg.algorithms.pike
-    if pike is not None:
-        if pike.strategy not in STRATEGIES:
-            close = difflib.get_close_matches(pike.strategy, list(STRATEGIES), n=1)
-            raise ConfigError(f"algorithms.pike.strategy: unknown strategy {pike.strategy!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + f"; valid strategies: {', '.join(sorted(STRATEGIES))}")
-        valid = [f.name for f in dataclasses.fields(STRATEGIES[pike.strategy])]
-        for option in pike.strategy_options:
-            if option not in valid:
-                raise ConfigError(_unknown_key_message(f"algorithms.pike.{option}", option,
-                                                       [f.name for f in dataclasses.fields(PiKEConfig)
-                                                        if f.name != "strategy_options"] + valid,
-                                                       f"strategy {pike.strategy!r}"))
-        if pike.update_interval <= 0:
-            raise ConfigError(f"algorithms.pike.update_interval: must be positive, got {pike.update_interval}")
-    if cfg.autoresume and not cfg.save_folder:
-        raise ConfigError("autoresume: true needs a save_folder to find the latest checkpoint in")
+
+
+def check_pike(pike: PiKEConfig, where: str = "algorithms.pike") -> None:
+    """The checks of a PiKE section: a known strategy, options of that strategy, a positive interval."""
+    if pike.strategy not in STRATEGIES:
+        close = difflib.get_close_matches(pike.strategy, list(STRATEGIES), n=1)
+        raise ConfigError(f"{where}.strategy: unknown strategy {pike.strategy!r}"
+                          + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; valid strategies: {', '.join(sorted(STRATEGIES))}")
+    valid = [f.name for f in dataclasses.fields(STRATEGIES[pike.strategy])]
+    for option in pike.strategy_options:
+        if option not in valid:
+            raise ConfigError(_unknown_key_message(f"{where}.{option}", option,
+                                                   [f.name for f in dataclasses.fields(PiKEConfig)
+                                                    if f.name != "strategy_options"] + valid,
+                                                   f"strategy {pike.strategy!r}"))
+    if pike.update_interval <= 0:
+        raise ConfigError(f"{where}.update_interval: must be positive, got {pike.update_interval}")
+
+
+def pike_options(pike: PiKEConfig) -> dict[str, Any]:
+    """The keyword arguments of :class:`pike_stream.algorithm.PiKE` for a PiKE section (all but
+    ``initial_weights``, which come from the train loader's ``weights``)."""
+    return {"strategy": pike.strategy, "update_interval": pike.update_interval, "warmup_steps": pike.warmup_steps,
+            "probe_samples": pike.probe_samples, "ema": pike.ema, "pull": pike.pull,
+            "allow_changes": pike.allow_changes, "sketch_dim": pike.sketch_dim,
+            "conflict_threshold": pike.conflict_threshold, **pike.strategy_options}
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -559,6 +583,14 @@ def _yaml_error_message(path: str | os.PathLike[str], error: yaml.YAMLError) -> 
         problem = f"{problem} ({context})"
     return " ".join(f"{where}: invalid YAML: {problem}; fix the syntax there (indentation, a missing ':', "
                     f"an unclosed bracket or quote)".split())
+
+
+def section_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """One section of a config (a dataclass of this module, or one derived from it) from a mapping, with the
+    same key and type checks as a whole config; errors name keys below ``where`` (e.g. ``train_loader``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} keys, got {data!r}")
+    return _build(cls, data, where)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
