@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-# The llm-foundry plug-in's environment (about 2.5 minutes with a warm pip cache, 3 GB beside .venv's torch).
+# The llm-foundry plug-in's environment (2-3 minutes with a warm pip cache; about 7 GB on disk, its own torch
+# included, beside .venv's 7 GB).
 install-foundry: $(FSTAMP)
 
 $(FSTAMP): pyproject.toml constraints-foundry.txt
