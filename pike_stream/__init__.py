@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
     from pike_stream.algorithm import PiKE
-    from pike_stream.mixer import Domain, DomainDataError, MixerStateError, PiKEStreamingMixer
+    from pike_stream.mixer import BatchRamp, Domain, DomainDataError, MixerStateError, PiKEStreamingMixer
 
-__all__ = ["Domain", "PiKEStreamingMixer", "PiKE", "MixerStateError", "DomainDataError"]
+__all__ = ["Domain", "PiKEStreamingMixer", "PiKE", "BatchRamp", "MixerStateError", "DomainDataError"]
 __version__ = "0.1.0"
 
 _WHERE = {
@@ -22,6 +22,7 @@ _WHERE = {
     "PiKEStreamingMixer": "pike_stream.mixer",
     "MixerStateError": "pike_stream.mixer",
     "DomainDataError": "pike_stream.mixer",
+    "BatchRamp": "pike_stream.mixer",
     "PiKE": "pike_stream.algorithm",
 }
 

@@ -157,7 +157,8 @@ class PiKE(Algorithm):
         ValueError: an option is out of range or unknown (the message names it).
 
     Metrics (Composer's ``logger.log_metrics``, at step ``t``): ``pike/weight/<domain>`` — the mixture of
-    batch ``t``, every step; on update steps ``pike/grad_sq/<domain>``, ``pike/variance/<domain>``,
+    batch ``t``, and ``pike/batch_size``, its global size, every step; on update steps
+    ``pike/grad_sq/<domain>``, ``pike/variance/<domain>``,
     ``pike/loss/<domain>`` (the averaged statistics the strategy used), ``pike/min_cosine`` (the lowest
     averaged pairwise cosine, once pairs have been seen :data:`~pike_stream.controller.CONFLICT_MIN_UPDATES`
     times), ``pike/cosine/<a>|<b>`` (every pair's averaged cosine, up to
@@ -281,13 +282,13 @@ class PiKE(Algorithm):
                          "on every rank)", self.probe_samples, ranks, self._probe_size())
             return
         floor = getattr(self.strategy, "min_weight", 0.0)
-        samples = floor * mixer.global_batch_size
+        samples = floor * mixer.batch_size  # the smallest batch of a ramp
         if samples <= 2 * ranks:
             log.warning("PiKE: probe_samples=0 takes statistics from the training batch, where a domain at the "
                         "min_weight floor (%g) gets about %.2f of %d samples: too few to estimate it, so its weight "
                         "stays until it gets more; a probe batch (probe_samples ≥ 2) estimates every domain at every "
                         "update",
-                        floor, samples, mixer.global_batch_size)
+                        floor, samples, mixer.batch_size)
 
     def _after_dataloader(self, state: State, logger: Logger) -> None:
         """Log batch t's mixture; on an update step measure every domain (a probe batch now, or the training
@@ -298,6 +299,7 @@ class PiKE(Algorithm):
         step = int(state.timestamp.batch)
         current = np.array(list(mixer.weights.values()))
         metrics: dict[str, float] = {f"pike/weight/{n}": float(w) for n, w in zip(mixer.domain_names, current)}
+        metrics["pike/batch_size"] = float(len(state.batch["domain"]) * dist.get_world_size())
         probe = None
         if controller.probes_at(step) and not self.probe_samples:
             self._group_by_domain(state)
@@ -350,7 +352,7 @@ class PiKE(Algorithm):
         """Set the weights of batch ``step + 1`` from the controller; log them with the statistics."""
         mixer, controller = self.mixer, self.controller
         assert mixer is not None and controller is not None
-        update = controller.next_weights(step, current, mixer.global_batch_size, probe,
+        update = controller.next_weights(step, current, mixer.batch_size, probe,
                                          world_size=dist.get_world_size())
         if not np.array_equal(update.weights, current):
             mixer.set_weights(update.weights)

@@ -2,11 +2,12 @@
 
 The mixer's global batch at step t is a pure function of the seed, the domains' ``index.json``, the global
 batch size and the weights in force at steps 0 … t (:mod:`pike_stream.mixer.mixer`). A run folder keeps all
-of them: ``config.json`` (seed, batch size, domains), ``metrics.jsonl`` (``pike/weight/<domain>`` of every
-step, as trained: records a resumed run redid are dropped). So the audit rebuilds the mixer from the config —
-it opens each domain's ``index.json`` and manifest, downloading them if remote, and never reads a shard — sets
-the logged weights step by step and composes each batch with the mixer's own code. It reports, for a range of
-steps:
+of them: ``config.json`` (seed, batch size and its ramp, domains), ``metrics.jsonl`` (``pike/weight/<domain>``
+and ``pike/batch_size`` of every step, as trained: records a resumed run redid are dropped; the logged sizes
+also hold across a resume that changed the batch size, which a run without PiKE does not log). So the audit
+rebuilds the mixer from the config — it opens each domain's ``index.json`` and manifest, downloading them if
+remote, and never reads a shard — sets the logged weights (and sizes) step by step and composes each batch
+with the mixer's own code. It reports, for a range of steps:
 
 * per domain, the samples drawn, the domain epochs they came from, the weights in force, and the
   cumulative count against ``Σ_t w_k(t)·B`` (the fidelity bound: within 2 over any run, README "The mixer");
@@ -35,6 +36,7 @@ FIDELITY_BOUND = 2.0
 """The mixer's promise: a domain's cumulative draws stay within this of ``Σ_t w_k(t)·B`` (README "The mixer")."""
 
 WEIGHT_PREFIX = "pike/weight/"
+BATCH_SIZE_KEY = "pike/batch_size"
 
 
 class AuditError(ValueError):
@@ -90,8 +92,9 @@ def _read_config(folder: Path) -> Any:
         raise AuditError(f"{path}: {error}") from error
 
 
-def _logged_weights(folder: Path, names: list[str]) -> tuple[dict[int, np.ndarray], int]:
-    """``{step: weights}`` logged by PiKE, and the last step the run trained (from any per-step record)."""
+def _logged_weights(folder: Path, names: list[str]) -> tuple[dict[int, np.ndarray], dict[int, int], int]:
+    """``{step: weights}`` and ``{step: global batch size}`` logged by PiKE, and the last step the run trained
+    (from any per-step record)."""
     from pike_stream.train.records import read_metrics
 
     try:
@@ -99,6 +102,7 @@ def _logged_weights(folder: Path, names: list[str]) -> tuple[dict[int, np.ndarra
     except FileNotFoundError as error:
         raise AuditError(str(error)) from error
     weights: dict[int, np.ndarray] = {}
+    sizes: dict[int, int] = {}
     last = -1
     for record in records:
         step = int(record["step"])
@@ -109,7 +113,9 @@ def _logged_weights(folder: Path, names: list[str]) -> tuple[dict[int, np.ndarra
             if missing:
                 raise AuditError(f"{folder}/metrics.jsonl: step {step} logs weights without {missing}")
             weights[step] = np.array([float(record[f"{WEIGHT_PREFIX}{n}"]) for n in names])
-    return weights, last
+        if record.get(BATCH_SIZE_KEY) is not None:
+            sizes[step] = int(record[BATCH_SIZE_KEY])
+    return weights, sizes, last
 
 
 def audit_run(folder: str | Path, *, first: int = 0, last: int | None = None,
@@ -125,7 +131,7 @@ def audit_run(folder: str | Path, *, first: int = 0, last: int | None = None,
     folder = Path(folder)
     cfg = _read_config(folder)
     names = [d.name for d in cfg.train_loader.domains]
-    logged, trained = _logged_weights(folder, names)
+    logged, logged_sizes, trained = _logged_weights(folder, names)
     last = trained if last is None else last
     if trained < 0:
         raise AuditError(f"{folder}/metrics.jsonl records no trained step")
@@ -146,9 +152,9 @@ def audit_run(folder: str | Path, *, first: int = 0, last: int | None = None,
 
     tl = cfg.train_loader
     domains = [Domain(**asdict(d)) for d in tl.domains]
-    batch = cfg.global_train_batch_size
-    with PiKEStreamingMixer(domains, batch, seed=cfg.seed, weights=tl.weights, rank=0, world_size=1,
-                            shuffle_algo=tl.shuffle_algo, read_ahead=0, read_ahead_workers=1) as mixer:
+    with PiKEStreamingMixer(domains, cfg.global_train_batch_size, seed=cfg.seed, weights=tl.weights, rank=0,
+                            world_size=1, shuffle_algo=tl.shuffle_algo, read_ahead=0, read_ahead_workers=1,
+                            batch_ramp=cfg.batch_ramp) as mixer:
         sizes = np.array(list(mixer.domain_sizes.values()))
         k = len(names)
         drawn, expected = np.zeros(k, np.int64), np.zeros(k)
@@ -163,7 +169,8 @@ def audit_run(folder: str | Path, *, first: int = 0, last: int | None = None,
                 mixer.set_weights(logged[step])
             weights = np.array(list(mixer.weights.values()))
             before = np.array(list(mixer.consumed.values()))
-            domain, sample = mixer.compose()
+            batch = logged_sizes.get(step, mixer.batch_size)  # logged: also across a resume that changed it
+            domain, sample = mixer.compose(batch)
             counts = np.bincount(domain, minlength=k)
             cumulative_drawn += counts
             cumulative_expected += weights * batch

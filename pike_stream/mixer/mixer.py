@@ -3,10 +3,13 @@
 The global batch at step t is a pure function of (seed, the domains' data, global batch size, the weights
 in force at each step up to t) — the mixer invariants listed in the README ("The mixer"):
 
-    counts_t, carry ← apportion(weights_t, B, carry)       # mixing/apportion.py: integer counts, error carried
+    counts_t, carry ← apportion(weights_t, B_t, carry)     # mixing/apportion.py: integer counts, error carried
     for each domain k:  ids_k ← order_k[consumed_k : consumed_k + counts_t[k]]     # order.py, per domain epoch
     global batch t  = concat_k [(k, id) for id in ids_k]    # domain-major
     this rank's part = global batch t [rank :: world_size]  # equal, disjoint, same union for any world size
+
+``B_t`` is the global batch size, or, with a ramp (:class:`~pike_stream.mixer.batch_size.BatchRamp`), a
+function of the samples composed before step t; either way a pure function of the state.
 
 The composition happens when the batch is *taken* (in ``__next__``, in the training process), so weights
 set after step t shape batch t+1 (zero lag) however far the shard read-ahead runs.
@@ -40,6 +43,7 @@ from streaming.base.shuffle import algos as SHUFFLE_ALGOS
 from streaming.base.util import bytes_to_int
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pike_stream.mixer.batch_size import BatchRamp, batch_size_at
 from pike_stream.mixer.domain import Domain, DomainSource
 from pike_stream.mixer.order import DomainOrder, domain_seed
 from pike_stream.mixer.shards import ShardCache
@@ -62,7 +66,8 @@ class PiKEStreamingMixer(IterableDataset):
 
     Args:
         domains: the domains (:class:`Domain`), in a fixed order: batches' ``domain`` field indexes it.
-        global_batch_size: samples per step over all ranks (divisible by ``world_size``).
+        global_batch_size: samples per step over all ranks (divisible by ``world_size``); with a ramp, the size
+            it ends at.
         seed: the shuffle seed (each domain's order is keyed by ``seed`` and its name).
         weights: initial weights ``{name: w}`` (normalised), or None for uniform.
         rank, world_size: this process's place; None reads torch.distributed (or 0 and 1 without it).
@@ -73,10 +78,14 @@ class PiKEStreamingMixer(IterableDataset):
             over all processes sharing the cache folders (ranks of a node); shards in use are kept past it.
         retry_seconds: how long a shard download failing transiently (endpoint down, 5xx, throttling) is
             retried (with backoff) before it is an error; other failures (403, 404) are errors at once.
+        batch_ramp: grow the global batch from ``batch_ramp.start`` to ``global_batch_size`` over the first
+            ``batch_ramp.samples`` samples (Megatron-LM's ramp-up); every size must be divisible by ``world_size``.
+        allow_batch_size_change: let :meth:`load_state_dict` resume a state saved with another global batch
+            size or ramp: the batches from the saved step on take this mixer's sizes (logged as a warning).
 
     Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
     ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
-    ``b = global_batch_size / world_size``. Train for a number of batches/tokens, not epochs.
+    ``b = B_t / world_size`` (:attr:`batch_size` before the step). Train for a number of batches/tokens, not epochs.
     ``with PiKEStreamingMixer(...) as mixer:`` (or :meth:`close`) stops the read-ahead threads at the end.
     """
 
@@ -84,7 +93,8 @@ class PiKEStreamingMixer(IterableDataset):
                  weights: Mapping[str, float] | None = None, rank: int | None = None,
                  world_size: int | None = None, *, shuffle_algo: str = "py1e", shuffle_block_size: int = 1 << 18,
                  read_ahead: int = 2, read_ahead_workers: int = 4, cache_limit: int | str | None = None,
-                 retry_seconds: float = 120.0) -> None:
+                 retry_seconds: float = 120.0, batch_ramp: BatchRamp | None = None,
+                 allow_batch_size_change: bool = False) -> None:
         super().__init__()
         rank, world_size = _resolve_rank(rank, world_size)
         _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
@@ -94,8 +104,12 @@ class PiKEStreamingMixer(IterableDataset):
             limit = parse_byte_size(cache_limit)
         except ValueError as error:
             raise ValueError(f"cache_limit: {error}") from None
+        if batch_ramp is not None:
+            batch_ramp.check(global_batch_size, world_size)
         self.domain_names = [d.name for d in domains]
         self.global_batch_size = int(global_batch_size)
+        self.batch_ramp = batch_ramp
+        self.allow_batch_size_change = bool(allow_batch_size_change)
         self.seed = int(seed)
         self.rank, self.world_size = rank, world_size
         self.read_ahead = read_ahead
@@ -118,9 +132,11 @@ class PiKEStreamingMixer(IterableDataset):
         k = len(domains)
         self._state = MixerState(0, np.zeros(k, np.int64), np.zeros(k, np.float64), initial, np.zeros(k, np.int64))
         self._history: deque[MixerState] = deque(maxlen=_HISTORY)
-        log.info("PiKEStreamingMixer: %d domains (%s), global batch %d, rank %d of %d, seq_len %d, seed %d",
+        ramped = "" if batch_ramp is None else (f" (ramped up from {batch_ramp.start} by {batch_ramp.increment} "
+                                                f"over the first {batch_ramp.samples} samples)")
+        log.info("PiKEStreamingMixer: %d domains (%s), global batch %d%s, rank %d of %d, seq_len %d, seed %d",
                  k, ", ".join(f"{s.name}: {s.num_samples} samples in {len(s.shards)} shards" for s in self.sources),
-                 self.global_batch_size, rank, world_size, self.seq_len, self.seed)
+                 self.global_batch_size, ramped, rank, world_size, self.seq_len, self.seed)
 
     # ----------------------------------------------------------------------------------------- weights
     @property
@@ -136,6 +152,16 @@ class PiKEStreamingMixer(IterableDataset):
     def step(self) -> int:
         """Global batches composed so far."""
         return self._state.step
+
+    @property
+    def batch_size(self) -> int:
+        """The global size of the next batch (``global_batch_size``, or where the ramp stands)."""
+        return batch_size_at(self.global_batch_size, self.batch_ramp, self._state.samples)
+
+    @property
+    def samples(self) -> int:
+        """Samples composed so far, over all domains and ranks."""
+        return self._state.samples
 
     @property
     def domain_sizes(self) -> dict[str, int]:
@@ -171,19 +197,20 @@ class PiKEStreamingMixer(IterableDataset):
         self.close()
 
     # ----------------------------------------------------------------------------------------- batches
-    def compose(self) -> tuple[np.ndarray, np.ndarray]:
+    def compose(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Decide the next global batch from the weights in force and advance the cursors.
 
-        Returns ``(domain, sample_id)`` arrays of length ``global_batch_size``, domain-major. Reads no data.
+        Returns ``(domain, sample_id)`` arrays of length :attr:`batch_size` (or ``batch_size``, to replay a
+        run whose batch size changed on resume), domain-major. Reads no data.
         """
-        domain, sample_id, counts, carry = self._plan()
+        domain, sample_id, counts, carry = self._plan(batch_size)
         self._commit(counts, carry)
         return domain, sample_id
 
-    def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _plan(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The next global batch and the counts and carries it leaves; the state is not touched."""
         state = self._state
-        counts, carry = apportion(state.weights, self.global_batch_size, state.carry)
+        counts, carry = apportion(state.weights, self.batch_size if batch_size is None else batch_size, state.carry)
         ids = [order.take(int(state.consumed[k]), int(counts[k])) for k, order in enumerate(self.orders)]
         return np.repeat(np.arange(len(counts)), counts), np.concatenate(ids), counts, carry
 
@@ -289,27 +316,32 @@ class PiKEStreamingMixer(IterableDataset):
         Composer passes the samples consumed by training, which may trail what this iterator composed.
         """
         state = self._state
-        if num_samples is not None:
-            step, rest = divmod(int(num_samples), self.global_batch_size)
-            if rest:
-                raise MixerStateError(f"num_samples={num_samples} is not a whole number of global batches "
-                                      f"of {self.global_batch_size}")
-            if step != state.step:
-                found = [s for s in self._history if s.step == step]
-                if not found:
-                    raise MixerStateError(f"no state for step {step}: the mixer is at step {state.step} and "
-                                          f"remembers steps ≥ {self._history[0].step if self._history else state.step}")
-                state = found[0]
+        if num_samples is not None and int(num_samples) != state.samples:
+            found = [s for s in self._history if s.samples == int(num_samples)]
+            if not found:
+                known = [s.samples for s in self._history] + [state.samples]
+                raise MixerStateError(f"no state after {num_samples} samples: the mixer has composed {state.samples} "
+                                      f"samples and remembers the step boundaries {known[0]} … {known[-1]}"
+                                      + (f" (none at {num_samples})" if known[0] <= int(num_samples) else ""))
+            state = found[0]
         return state.to_dict(names=self.domain_names, fingerprints=[s.fingerprint for s in self.sources],
-                             global_batch_size=self.global_batch_size, seed=self.seed, shuffle=self._shuffle)
+                             global_batch_size=self.global_batch_size, ramp=self.batch_ramp, seed=self.seed,
+                             shuffle=self._shuffle)
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
         """Continue exactly where the mixer that saved ``obj`` stopped (any world size)."""
         self._state = MixerState.from_dict(obj, names=self.domain_names,
                                            fingerprints=[s.fingerprint for s in self.sources],
-                                           global_batch_size=self.global_batch_size, seed=self.seed,
-                                           shuffle=self._shuffle)
+                                           global_batch_size=self.global_batch_size, ramp=self.batch_ramp,
+                                           seed=self.seed, shuffle=self._shuffle,
+                                           allow_batch_size_change=self.allow_batch_size_change)
         self._history.clear()
+        saved = (obj.get("global_batch_size"), obj.get("rampup_batch_size"))
+        if saved != (self.global_batch_size, None if self.batch_ramp is None else self.batch_ramp.to_dict()):
+            log.warning("PiKEStreamingMixer: the checkpoint was made with global batch %s (ramp %s); from step %d "
+                        "on, batches have this run's size %d (ramp %s), as allow_batch_size_change permits",
+                        saved[0], saved[1], self._state.step, self.batch_size,
+                        None if self.batch_ramp is None else self.batch_ramp.to_dict())
         log.info("PiKEStreamingMixer resumed at step %d: consumed %s, weights %s", self._state.step,
                  self.consumed, {n: round(w, 4) for n, w in self.weights.items()})
 

@@ -3,7 +3,9 @@
 Everything else (which samples each batch holds) is recomputed from it: per-domain cursors, rounding
 carries and the weights in force, the cursors of the per-domain probe orders (version 2; a version-1 state,
 made before probe batches existed, resumes with them at 0), plus what must match for that recomputation to
-be the same (seed, shuffle, global batch size, each domain's manifest fingerprint).
+be the same (seed, shuffle, global batch size, each domain's manifest fingerprint). Version 3 adds the
+batch-size ramp (an older state was made with one fixed batch size). The samples composed so far, which
+decide the next batch size, are the sum of the cursors.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from pike_stream.mixer.batch_size import BatchRamp
+
 __all__ = ["MixerState", "MixerStateError", "STATE_FORMAT", "STATE_VERSION"]
 
 STATE_FORMAT = "pike_stream.mixer"
-STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 class MixerStateError(ValueError):
@@ -34,17 +38,23 @@ class MixerState:
     weights: np.ndarray   # [K] float64: the weights that will compose batch ``step``
     probed: np.ndarray    # [K] int64: samples drawn from each domain's probe order so far (its probe cursor)
 
+    @property
+    def samples(self) -> int:
+        """Samples composed in batches 0 … step − 1 (all domains, all ranks)."""
+        return int(self.consumed.sum())
+
     def copy(self) -> MixerState:
         return MixerState(self.step, self.consumed.copy(), self.carry.copy(), self.weights.copy(),
                           self.probed.copy())
 
-    def to_dict(self, *, names: list[str], fingerprints: list[str], global_batch_size: int, seed: int,
-                shuffle: dict[str, Any]) -> dict[str, Any]:
+    def to_dict(self, *, names: list[str], fingerprints: list[str], global_batch_size: int,
+                ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any]) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "step": int(self.step),
             "global_batch_size": int(global_batch_size),
+            "rampup_batch_size": None if ramp is None else ramp.to_dict(),
             "seed": int(seed),
             "shuffle": dict(shuffle),
             "domain_order": list(names),
@@ -57,9 +67,13 @@ class MixerState:
         }
 
     @classmethod
-    def from_dict(cls, obj: Any, *, names: list[str], fingerprints: list[str], global_batch_size: int, seed: int,
-                  shuffle: dict[str, Any]) -> MixerState:
+    def from_dict(cls, obj: Any, *, names: list[str], fingerprints: list[str], global_batch_size: int,
+                  ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any],
+                  allow_batch_size_change: bool = False) -> MixerState:
         """Check a saved state against this mixer's settings and data, then load it.
+
+        A different global batch size or ramp is refused unless ``allow_batch_size_change``: then the
+        batches from the saved step on follow this mixer's sizes (cursors, carries and weights carry over).
 
         A malformed state (a field missing or of the wrong type, e.g. a hand-edited or truncated checkpoint)
         is a :class:`MixerStateError` naming the field (``domains.en.consumed``), never a bare KeyError.
@@ -70,10 +84,15 @@ class MixerState:
         if obj.get("version") not in _READABLE_VERSIONS:
             raise MixerStateError(f"mixer state version {obj.get('version')!r} is not supported "
                                   f"(this pike_stream reads versions {', '.join(map(str, _READABLE_VERSIONS))})")
+        version = obj["version"]
         saved_batch = _field(obj, "global_batch_size", int)
-        if saved_batch != global_batch_size:
-            raise MixerStateError(f"the checkpoint was made with global_batch_size={saved_batch}, "
-                                  f"this run has {global_batch_size}: the batches would differ")
+        saved_ramp = _saved_ramp(obj) if version >= 3 else None
+        if (saved_batch, saved_ramp) != (global_batch_size, ramp) and not allow_batch_size_change:
+            raise MixerStateError(
+                f"the checkpoint was made with global_batch_size={saved_batch}"
+                f"{'' if saved_ramp is None else f' ramped up by {saved_ramp.to_dict()}'}, this run has "
+                f"{global_batch_size}{'' if ramp is None else f' ramped up by {ramp.to_dict()}'}: the batches "
+                f"would differ (to continue with the new size from the saved step, allow_batch_size_change)")
         saved_seed = _field(obj, "seed", int)
         if saved_seed != seed:
             raise MixerStateError(f"the checkpoint was made with seed={saved_seed}, this run has seed={seed}")
@@ -89,7 +108,6 @@ class MixerState:
         if order != names:
             raise MixerStateError(f"domains are listed in a different order than in the checkpoint: "
                                   f"{order} there, {names} here")
-        version = obj["version"]
         entries = {n: _field(saved, n, dict, "domains.") for n in names}
 
         def column(key: str, kind: type, *, default: Any = None) -> list[Any]:
@@ -107,6 +125,18 @@ class MixerState:
                     probed=np.array(column("probed", int, default=0), dtype=np.int64))
         _check_values(state, names)
         return state
+
+
+def _saved_ramp(obj: dict[str, Any]) -> BatchRamp | None:
+    if "rampup_batch_size" not in obj:
+        raise MixerStateError("malformed mixer state: field rampup_batch_size is missing")
+    saved = obj["rampup_batch_size"]
+    if saved is None:
+        return None
+    try:
+        return BatchRamp.from_dict(saved)
+    except ValueError as error:
+        raise MixerStateError(f"malformed mixer state: {error}") from None
 
 
 def _field(obj: dict[str, Any], key: str, kind: type, prefix: str = "", *, default: Any = None) -> Any:

@@ -65,16 +65,21 @@ def _domain(cfg: DomainConfig) -> Domain:
 
 
 def _check_batch_sizes(cfg: TrainConfig, world_size: int) -> int:
-    """The per-rank batch size, after checking the global batch and the microbatch against the world."""
-    if cfg.global_train_batch_size % world_size:
-        raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the "
-                          f"{world_size} ranks of this run")
-    per_rank = cfg.global_train_batch_size // world_size
-    micro = cfg.device_train_microbatch_size
-    if isinstance(micro, int) and per_rank % micro:
-        raise ConfigError(f"device_train_microbatch_size={micro} does not divide the per-rank batch of {per_rank} "
-                          f"(global_train_batch_size={cfg.global_train_batch_size} over {world_size} ranks)")
-    return per_rank
+    """The per-rank batch size (the final one, with a ramp), after checking every global batch size of the run
+    and the microbatch against the world."""
+    ramp = cfg.batch_ramp
+    sizes = [cfg.global_train_batch_size] if ramp is None else ramp.sizes(cfg.global_train_batch_size)
+    key = "global_train_batch_size" if ramp is None else "rampup_batch_size"
+    for size in sizes:
+        if size % world_size:
+            raise ConfigError(f"{key}: the global batch of {size} is not divisible by the {world_size} ranks of "
+                              f"this run")
+        micro = cfg.device_train_microbatch_size
+        if isinstance(micro, int) and (size // world_size) % micro:
+            raise ConfigError(f"device_train_microbatch_size={micro} does not divide the per-rank batch of "
+                              f"{size // world_size} (a global batch of {size} over {world_size} ranks"
+                              f"{'' if ramp is None else ', on the batch-size ramp'})")
+    return cfg.global_train_batch_size // world_size
 
 
 def _check_data(cfg: TrainConfig, mixer: PiKEStreamingMixer) -> None:
@@ -336,7 +341,8 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
                                weights=cfg.train_loader.weights, rank=rank, world_size=world_size,
                                shuffle_algo=cfg.train_loader.shuffle_algo, read_ahead=cfg.train_loader.read_ahead,
                                read_ahead_workers=cfg.train_loader.read_ahead_workers,
-                               cache_limit=cfg.train_loader.cache_limit)
+                               cache_limit=cfg.train_loader.cache_limit, batch_ramp=cfg.batch_ramp,
+                               allow_batch_size_change=cfg.train_loader.allow_batch_size_change)
     _check_data(cfg, mixer)
     for source in mixer.sources:
         log.info("domain %r: %d samples (%d tokens) in %d shards at %s", source.name, source.num_samples,
@@ -357,9 +363,11 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
         callbacks.append(BatchLog(run_folder))
 
     max_batches = cfg.batches(cfg.max_duration, "max_duration")
-    log.info("training %d steps of %d sequences (%d per rank on %d ranks) of %d tokens: %d tokens",
-             max_batches, cfg.global_train_batch_size, per_rank, world_size, cfg.max_seq_len,
-             max_batches * cfg.global_train_batch_size * cfg.max_seq_len)
+    ramp = cfg.batch_ramp
+    log.info("training %d steps of %d sequences (%d per rank on %d ranks)%s of %d tokens",
+             max_batches, cfg.global_train_batch_size, per_rank, world_size,
+             "" if ramp is None else (f", ramped up from {ramp.start} by {ramp.increment} over the first "
+                                      f"{ramp.samples} samples,"), cfg.max_seq_len)
     if cfg.save_folder:
         log.info("checkpoints every %s to %s (keeping %s)%s", cfg.save_interval, cfg.save_folder,
                  "all" if cfg.save_num_checkpoints_to_keep < 0 else cfg.save_num_checkpoints_to_keep,

@@ -33,6 +33,7 @@ from pike_stream.controller import (
     DEFAULT_PULL,
     DEFAULT_UPDATE_INTERVAL,
 )
+from pike_stream.mixer.batch_size import BatchRamp, steps_for_samples
 from pike_stream.mixing import STRATEGIES
 from pike_stream.mixing.checks import check_domain_weights
 
@@ -46,6 +47,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "PiKEConfig",
+    "RampupConfig",
     "SchedulerConfig",
     "TrainConfig",
     "TrainLoaderConfig",
@@ -128,7 +130,8 @@ class TrainLoaderConfig:
 
     ``weights`` are the initial weights ``{domain: w}`` (normalised); None lets the strategy choose them.
     ``cache_limit`` bounds the shard cache of remote domains on disk (bytes, or ``10gb``), shared by the ranks
-    of a node.
+    of a node. ``allow_batch_size_change`` resumes a checkpoint made with another ``global_train_batch_size``
+    or ``rampup_batch_size``: the batches from the checkpoint's step on take this run's sizes.
     """
 
     domains: list[DomainConfig]
@@ -137,6 +140,18 @@ class TrainLoaderConfig:
     read_ahead_workers: int = 4
     cache_limit: ByteSize | None = None
     shuffle_algo: str = "py1e"
+    allow_batch_size_change: bool = False
+
+
+@dataclass(kw_only=True)
+class RampupConfig:
+    """A batch-size ramp-up, as Megatron-LM's ``--rampup-batch-size START INCREMENT SAMPLES``: the global batch
+    starts at ``start`` and grows by ``increment`` at equal intervals over the first ``samples`` samples,
+    up to ``global_train_batch_size``."""
+
+    start: int
+    increment: int
+    samples: int
 
 
 @dataclass(kw_only=True)
@@ -232,6 +247,7 @@ class TrainConfig:
     seed: int = 17
     max_seq_len: int
     global_train_batch_size: int
+    rampup_batch_size: RampupConfig | None = None
     device_train_microbatch_size: int | str | None = None
     max_duration: str
     eval_interval: str | None = None
@@ -260,12 +276,18 @@ class TrainConfig:
     def resolved_run_folder(self) -> str:
         return self.run_folder or os.path.join("runs", self.run_name)
 
+    @property
+    def batch_ramp(self) -> BatchRamp | None:
+        ramp = self.rampup_batch_size
+        return None if ramp is None else BatchRamp(ramp.start, ramp.increment, ramp.samples)
+
     def batches(self, duration: str, key: str) -> int:
-        """``duration`` (``Nba`` or ``Ntok``) in whole global batches (tokens rounded up)."""
+        """``duration`` (``Nba`` or ``Ntok``) in whole global batches (tokens rounded up; along the batch-size
+        ramp, if any)."""
         amount, unit = parse_duration(duration, key, allow_zero=True)
         if unit == "ba":
             return amount
-        return math.ceil(amount / (self.global_train_batch_size * self.max_seq_len))
+        return steps_for_samples(self.global_train_batch_size, self.batch_ramp, math.ceil(amount / self.max_seq_len))
 
 
 # ------------------------------------------------------------------------------------------- durations
@@ -299,6 +321,13 @@ def _check_semantics(cfg: TrainConfig) -> None:
     for key in ("max_seq_len", "global_train_batch_size"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {getattr(cfg, key)}")
+    if cfg.rampup_batch_size is not None:
+        try:
+            ramp = cfg.batch_ramp
+            assert ramp is not None
+            ramp.check(cfg.global_train_batch_size)
+        except ValueError as error:
+            raise ConfigError(f"rampup_batch_size: {str(error).removeprefix('batch ramp: ')}") from None
     mb = cfg.device_train_microbatch_size
     if isinstance(mb, str) and mb != "auto":
         raise ConfigError(f"device_train_microbatch_size: {mb!r} must be a positive integer or 'auto'")
