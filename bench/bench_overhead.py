@@ -10,7 +10,9 @@ Three measurements, in one process, on the same model and synthetic domains (ran
   2K pieces), as PiKE does at its defaults. The algorithm's overhead at interval T0 is about this ratio /
   T0; the table gives it for several T0. Beside it, the extra time of a training step that takes the
   statistics itself (``probe_samples: 0``: domain-grouped microbatches, gradients read after each half;
-  :mod:`pike_stream.step_statistics`) over a plain step, on the same batch.
+  :mod:`pike_stream.step_statistics`) over a plain step, on the same batch. The probe batch does not grow
+  with the training batch, so its cost is also given against a step of ``LARGE_BATCH`` samples (accumulated
+  in microbatches of 64, as a larger run would; pretraining batches are 512–4,096 sequences).
 * end to end: Composer Trainers on K = 8 domains, static weights (no algorithm) against PiKE at the default
   T0 and at T0 = 100, and PiKE with ``probe_samples: 0`` at the default T0, trained in interleaved chunks of
   ``--chunk`` steps (every arm once per round, so load changes on the machine hit all alike); the overhead is
@@ -52,6 +54,7 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 __all__ = ["LiveTensorBytes", "main"]
 
 BATCH = 64
+LARGE_BATCH = 512
 SEQ_LEN = 32
 VOCAB = 2048
 MODEL = dict(n_layer=2, n_embd=128, n_head=4)
@@ -82,11 +85,11 @@ def write_domain(out: str, name: str, seed: int) -> None:
         json.dump(manifest, f)
 
 
-def make_mixer(root: str, k: int):
+def make_mixer(root: str, k: int, batch: int = BATCH):
     from pike_stream import Domain, PiKEStreamingMixer
 
     names = [f"d{i:02d}" for i in range(k)]
-    return PiKEStreamingMixer([Domain(n, local=os.path.join(root, n)) for n in names], global_batch_size=BATCH,
+    return PiKEStreamingMixer([Domain(n, local=os.path.join(root, n)) for n in names], global_batch_size=batch,
                               seed=0, read_ahead_workers=1)
 
 
@@ -186,6 +189,7 @@ class StepAndProbe:
         mixer = make_mixer(root, k)
         self.batch = mixer.next_batch()
         self.probe_batch = mixer.probe_batch(DEFAULT_PROBE_SAMPLES)
+        self.large_batch = make_mixer(root, k, LARGE_BATCH).next_batch()
 
     def step(self) -> None:
         """zero_grad, forward, backward, Adam."""
@@ -200,14 +204,17 @@ class StepAndProbe:
 
         probe_domains(self.model, self.probe_batch, self.k, causal_lm_per_sample_loss, sketch_dim=sketch_dim)
 
-    def step_in_microbatches(self, microbatch_size: int) -> None:
-        """A training step accumulated over microbatches, as Composer runs it (each loss × its share)."""
+    def step_in_microbatches(self, microbatch_size: int, large: bool = False) -> None:
+        """A training step accumulated over microbatches, as Composer runs it (each loss × its share); on the
+        ``LARGE_BATCH``-sample batch with ``large``."""
         from pike_stream.probe import causal_lm_per_sample_loss
 
+        batch = self.large_batch if large else self.batch
+        size = len(batch["domain"])
         self.optimizer.zero_grad(set_to_none=True)
-        for rows in torch.arange(BATCH).split(microbatch_size):
-            microbatch = {key: value[rows] for key, value in self.batch.items()}
-            (causal_lm_per_sample_loss(self.model, microbatch).mean() * len(rows) / BATCH).backward()
+        for rows in torch.arange(size).split(microbatch_size):
+            microbatch = {key: value[rows] for key, value in batch.items()}
+            (causal_lm_per_sample_loss(self.model, microbatch).mean() * len(rows) / size).backward()
         self.optimizer.step()
 
     def measured_step(self, microbatch_size: int = BATCH, sketch_dim: int = 256) -> None:
@@ -249,9 +256,14 @@ def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
         def small_measured(run: StepAndProbe = run, small: int = small) -> None:
             run.measured_step(small)
 
+        def large_step(run: StepAndProbe = run) -> None:
+            run.step_in_microbatches(BATCH, large=True)
+
         run.measured_step()
         steps, probes, unsketched, measured, small_steps, small_measured_steps = [], [], [], [], [], []
+        large_steps: list[float] = []
         for _ in range(repeats):  # alternate, so load changes hit all alike
+            large_steps += timed(large_step, 1)
             steps += timed(step, 2)
             probes += timed(probe, 1)
             unsketched += timed(probe_without_sketch, 1)
@@ -274,10 +286,16 @@ def probe_vs_step(root: str, repeats: int) -> list[dict[str, Any]]:
                      "small_microbatch_measured_step_s": statistics.median(small_measured_steps),
                      "small_microbatch_measured_extra_over_step": small_ratio,
                      "predicted_overhead_step_statistics_small_microbatch": {
-                         str(t0): small_ratio / t0 for t0 in INTERVALS}})
+                         str(t0): small_ratio / t0 for t0 in INTERVALS},
+                     "large_batch": LARGE_BATCH, "large_step_s": statistics.median(large_steps),
+                     "probe_over_large_step": probe_s / statistics.median(large_steps),
+                     "predicted_overhead_large_batch": {
+                         str(t0): probe_s / statistics.median(large_steps) / t0 for t0 in INTERVALS}})
         print(f"K={k:2d}: step {step_s:.3f}s, probe {probe_s:.3f}s (no sketch "
               f"{rows[-1]['probe_without_sketch_s']:.3f}s), ratio {ratio:.2f}; a step taking the statistics "
-              f"{measured_s:.3f}s (+{step_ratio:.1%}); with microbatches of {small}: +{small_ratio:.1%}", flush=True)
+              f"{measured_s:.3f}s (+{step_ratio:.1%}); with microbatches of {small}: +{small_ratio:.1%}; against a "
+              f"step of {LARGE_BATCH} ({rows[-1]['large_step_s']:.3f}s) the probe costs "
+              f"{rows[-1]['probe_over_large_step']:.2f} steps", flush=True)
     return rows
 
 
@@ -498,7 +516,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python", "bench/bench_overhead.py",
                              *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         "machine": machine(),
-        "settings": {"batch": BATCH, "seq_len": SEQ_LEN, "vocab": VOCAB, **MODEL, "optimizer": "Adam",
+        "settings": {"batch": BATCH, "large_batch": LARGE_BATCH, "seq_len": SEQ_LEN, "vocab": VOCAB, **MODEL,
+                     "optimizer": "Adam",
                      "default_update_interval": DEFAULT_UPDATE_INTERVAL, "threads": args.threads,
                      "chunk": args.chunk, "rounds": args.rounds, "repeats": args.repeats},
     }

@@ -244,7 +244,7 @@ class PiKE(Algorithm):
                                            conflict_threshold=self.conflict_threshold,
                                            allow_changes=self.allow_changes)
         if previous is not None:
-            self.controller.load_state_dict(previous)
+            self.controller.load_state_dict(previous, allow_domain_changes=mixer.allow_domain_changes)
             self._pending_state = None
         strategy_initial = self.controller.initial_weights(list(mixer.domain_sizes.values()))  # checks min_weight
         if self.strategy.adaptive and self.probe_samples == 0 and state.auto_microbatching:
@@ -390,7 +390,8 @@ class PiKE(Algorithm):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint's state; applied when the mixer is known (at FIT_START), or now if it is."""
         if self.controller is not None:
-            self.controller.load_state_dict(state)
+            allow = self.mixer is not None and self.mixer.allow_domain_changes
+            self.controller.load_state_dict(state, allow_domain_changes=allow)
         else:
             self._pending_state = state
 

@@ -108,10 +108,12 @@ def _logged_weights(folder: Path, names: list[str]) -> tuple[dict[int, np.ndarra
         step = int(record["step"])
         if "loss/train/total" in record or any(k.startswith(WEIGHT_PREFIX) for k in record):
             last = max(last, step)
-        if f"{WEIGHT_PREFIX}{names[0]}" in record:
-            missing = [n for n in names if f"{WEIGHT_PREFIX}{n}" not in record]
-            if missing:
-                raise AuditError(f"{folder}/metrics.jsonl: step {step} logs weights without {missing}")
+        logged = sorted(k.removeprefix(WEIGHT_PREFIX) for k in record if k.startswith(WEIGHT_PREFIX))
+        if logged and logged != sorted(names):
+            raise AuditError(f"{folder}/metrics.jsonl: step {step} logs the weights of domains {logged}, "
+                             f"config.json has {sorted(names)}: the run changed its domains on resume "
+                             f"(allow_domain_changes), and the audit replays runs with one domain list")
+        if logged:
             weights[step] = np.array([float(record[f"{WEIGHT_PREFIX}{n}"]) for n in names])
         if record.get(BATCH_SIZE_KEY) is not None:
             sizes[step] = int(record[BATCH_SIZE_KEY])

@@ -389,9 +389,13 @@ class MixingController:
         log.warning("PiKE: continuing after update %s with changed options (allow_changes): %s",
                     obj.get("updates"), "; ".join(changed))
 
-    def load_state_dict(self, obj: Mapping[str, Any]) -> None:
-        """Continue from a :meth:`state_dict`; refuses another format, version or set of domains, and other
-        :attr:`options` unless ``allow_changes``.
+    def load_state_dict(self, obj: Mapping[str, Any], *, allow_domain_changes: bool = False) -> None:
+        """Continue from a :meth:`state_dict`; refuses another format, version or set of domains (unless
+        ``allow_domain_changes``), and other :attr:`options` unless ``allow_changes``.
+
+        With ``allow_domain_changes`` (the mixer's option of that name), a domain the state lacks starts with
+        no estimates and no inner products, and takes an equal share (1/K) of the pull's anchor; the other
+        domains keep theirs in proportion; a domain the state has and this run lacks is dropped.
 
         A state without domains (saved before the mixer was known) restores the counters only; a version-1
         state (before cross-domain inner products were kept) starts them afresh; a state before version 3
@@ -408,17 +412,30 @@ class MixingController:
             raise ValueError(f"malformed PiKE state: field {missing[0]!r} is missing")
         saved = obj["domains"]
         names = self.domain_names
-        if saved and set(saved) != set(names):
-            raise ValueError(f"the saved PiKE state covers domains {sorted(saved)}, this run has {sorted(names)}")
+        if saved and set(saved) != set(names) and not allow_domain_changes:
+            raise ValueError(f"the saved PiKE state covers domains {sorted(saved)}, this run has {sorted(names)} "
+                             f"(the mixer's allow_domain_changes lets a resume add or retire domains)")
         self._check_options(obj)
-        self._estimates = np.array([[saved[name][stat] if saved else np.nan for name in names]
+        self._estimates = np.array([[saved[name][stat] if name in (saved or {}) else np.nan for name in names]
                                     for stat in _STATISTICS], dtype=np.float64)
         inner, pairs = obj.get("inner") or {}, obj.get("pair_updates") or {}
-        self._inner = np.array([[inner[a][b] if inner else np.nan for b in names] for a in names], dtype=np.float64)
-        self._pair_updates = np.array([[pairs[a][b] if pairs else 0 for b in names] for a in names], dtype=np.int64)
+        self._inner = np.array([[inner[a][b] if a in inner and b in inner[a] else np.nan for b in names]
+                                for a in names], dtype=np.float64)
+        self._pair_updates = np.array([[pairs[a][b] if a in pairs and b in pairs[a] else 0 for b in names]
+                                       for a in names], dtype=np.int64)
         anchor = obj.get("anchor")
         if anchor is not None and set(anchor) != set(names):
-            raise ValueError(f"the saved PiKE anchor covers domains {sorted(anchor)}, this run has {sorted(names)}")
+            if not allow_domain_changes:
+                raise ValueError(f"the saved PiKE anchor covers domains {sorted(anchor)}, this run has "
+                                 f"{sorted(names)}")
+            kept = np.array([float(anchor.get(name, 0.0)) for name in names])
+            added = np.array([name not in anchor for name in names])
+            values = np.where(added, 1 / len(names), 0.0)
+            if kept.sum() > 0:
+                values += kept / kept.sum() * (1.0 - values.sum())
+            else:  # nothing of the old anchor continues: an equal share each
+                values = np.full(len(names), 1 / len(names))
+            anchor = {name: float(v) for name, v in zip(names, values)}
         self.anchor = None if anchor is None else check_weights([anchor[name] for name in names], "the saved anchor")
         self.updates = int(obj["updates"])
         self.skipped_updates = int(obj["skipped_updates"])

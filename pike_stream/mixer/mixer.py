@@ -82,6 +82,9 @@ class PiKEStreamingMixer(IterableDataset):
             ``batch_ramp.samples`` samples (Megatron-LM's ramp-up); every size must be divisible by ``world_size``.
         allow_batch_size_change: let :meth:`load_state_dict` resume a state saved with another global batch
             size or ramp: the batches from the saved step on take this mixer's sizes (logged as a warning).
+        allow_domain_changes: let :meth:`load_state_dict` resume a state saved with other domains: a domain the
+            state lacks is added (a new one at cursor 0; one retired earlier where it stopped) at its share of
+            ``weights``; a domain of the state missing here is retired, its cursor kept in the state.
 
     Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
     ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
@@ -94,7 +97,7 @@ class PiKEStreamingMixer(IterableDataset):
                  world_size: int | None = None, *, shuffle_algo: str = "py1e", shuffle_block_size: int = 1 << 18,
                  read_ahead: int = 2, read_ahead_workers: int = 4, cache_limit: int | str | None = None,
                  retry_seconds: float = 120.0, batch_ramp: BatchRamp | None = None,
-                 allow_batch_size_change: bool = False) -> None:
+                 allow_batch_size_change: bool = False, allow_domain_changes: bool = False) -> None:
         super().__init__()
         rank, world_size = _resolve_rank(rank, world_size)
         _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
@@ -110,11 +113,13 @@ class PiKEStreamingMixer(IterableDataset):
         self.global_batch_size = int(global_batch_size)
         self.batch_ramp = batch_ramp
         self.allow_batch_size_change = bool(allow_batch_size_change)
+        self.allow_domain_changes = bool(allow_domain_changes)
         self.seed = int(seed)
         self.rank, self.world_size = rank, world_size
         self.read_ahead = read_ahead
         self._shuffle = {"algo": shuffle_algo, "block_size": int(shuffle_block_size)}
         initial = self._weights_array(weights) if weights is not None else np.full(len(domains), 1 / len(domains))
+        self._initial_weights = initial.copy()
 
         self.sources = [DomainSource.open(d) for d in domains]
         seq_lens = {s.name: s.seq_len for s in self.sources}
@@ -334,8 +339,19 @@ class PiKEStreamingMixer(IterableDataset):
                                            fingerprints=[s.fingerprint for s in self.sources],
                                            global_batch_size=self.global_batch_size, ramp=self.batch_ramp,
                                            seed=self.seed, shuffle=self._shuffle,
-                                           allow_batch_size_change=self.allow_batch_size_change)
+                                           allow_batch_size_change=self.allow_batch_size_change,
+                                           allow_domain_changes=self.allow_domain_changes,
+                                           initial_weights=self._initial_weights)
         self._history.clear()
+        saved = list(obj.get("domains", {}))
+        added = [n for n in self.domain_names if n not in saved]
+        if added or len(saved) != len(self.domain_names):
+            back = {n: self.consumed[n] for n in added if self.consumed[n]}
+            log.warning("PiKEStreamingMixer: domains changed at step %d, as allow_domain_changes permits: added %s%s, "
+                        "retired %s (its cursor kept); weights now %s", self._state.step, added or "none",
+                        f" (continuing where they stopped: {back})" if back else "",
+                        [n for n in saved if n not in self.domain_names] or "none",
+                        {n: round(w, 4) for n, w in self.weights.items()})
         saved = (obj.get("global_batch_size"), obj.get("rampup_batch_size"))
         if saved != (self.global_batch_size, None if self.batch_ramp is None else self.batch_ramp.to_dict()):
             log.warning("PiKEStreamingMixer: the checkpoint was made with global batch %s (ramp %s); from step %d "

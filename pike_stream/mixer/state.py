@@ -4,13 +4,15 @@ Everything else (which samples each batch holds) is recomputed from it: per-doma
 carries and the weights in force, the cursors of the per-domain probe orders (version 2; a version-1 state,
 made before probe batches existed, resumes with them at 0), plus what must match for that recomputation to
 be the same (seed, shuffle, global batch size, each domain's manifest fingerprint). Version 3 adds the
-batch-size ramp (an older state was made with one fixed batch size). The samples composed so far, which
-decide the next batch size, are the sum of the cursors.
+batch-size ramp (an older state was made with one fixed batch size) and the retired domains: a domain left
+out of a resumed run (with ``allow_domain_changes``) keeps its entry there, so adding it back continues its
+order where it stopped. The samples composed so far, which decide the next batch size and match Composer's
+sample count, are the sum of all cursors, retired ones included.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,15 +39,16 @@ class MixerState:
     carry: np.ndarray     # [K] float64: rounding remainders owed to each domain
     weights: np.ndarray   # [K] float64: the weights that will compose batch ``step``
     probed: np.ndarray    # [K] int64: samples drawn from each domain's probe order so far (its probe cursor)
+    retired: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → its entry when it left the run
 
     @property
     def samples(self) -> int:
-        """Samples composed in batches 0 … step − 1 (all domains, all ranks)."""
-        return int(self.consumed.sum())
+        """Samples composed in batches 0 … step − 1 (all domains, all ranks): every cursor's, retired ones too."""
+        return int(self.consumed.sum()) + sum(int(entry["consumed"]) for entry in self.retired.values())
 
     def copy(self) -> MixerState:
         return MixerState(self.step, self.consumed.copy(), self.carry.copy(), self.weights.copy(),
-                          self.probed.copy())
+                          self.probed.copy(), {name: dict(entry) for name, entry in self.retired.items()})
 
     def to_dict(self, *, names: list[str], fingerprints: list[str], global_batch_size: int,
                 ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any]) -> dict[str, Any]:
@@ -64,16 +67,25 @@ class MixerState:
                        "fingerprint": fingerprints[k]}
                 for k, name in enumerate(names)
             },
+            "retired": {name: dict(entry) for name, entry in self.retired.items()},
         }
 
     @classmethod
     def from_dict(cls, obj: Any, *, names: list[str], fingerprints: list[str], global_batch_size: int,
                   ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any],
-                  allow_batch_size_change: bool = False) -> MixerState:
+                  allow_batch_size_change: bool = False, allow_domain_changes: bool = False,
+                  initial_weights: np.ndarray | None = None) -> MixerState:
         """Check a saved state against this mixer's settings and data, then load it.
 
         A different global batch size or ramp is refused unless ``allow_batch_size_change``: then the
         batches from the saved step on follow this mixer's sizes (cursors, carries and weights carry over).
+
+        Other domains than the checkpoint's are refused unless ``allow_domain_changes``. Then a domain of the
+        checkpoint missing here is retired (its entry kept in :attr:`retired`); a domain here that the
+        checkpoint lacks starts at cursor 0, or, if it was retired, continues from its entry. Added domains
+        (new or back) take their share of ``initial_weights`` (this run's initial mixture); the continuing
+        domains keep their saved proportions in the rest; every carry restarts at 0, so the fidelity bound
+        counts from the change.
 
         A malformed state (a field missing or of the wrong type, e.g. a hand-edited or truncated checkpoint)
         is a :class:`MixerStateError` naming the field (``domains.en.consumed``), never a bare KeyError.
@@ -100,31 +112,62 @@ class MixerState:
         if saved_shuffle != shuffle:
             raise MixerStateError(f"the checkpoint was made with shuffle {saved_shuffle}, this run has {shuffle}")
         saved = _field(obj, "domains", dict)
-        if set(saved) != set(names):
+        retired = _field(obj, "retired", dict) if version >= 3 else {}
+        if set(saved) != set(names) and not allow_domain_changes:
             raise MixerStateError(f"the checkpoint's domains {sorted(saved)} differ from this run's {sorted(names)} "
                                   f"(missing: {sorted(set(saved) - set(names))}, new: "
-                                  f"{sorted(set(names) - set(saved))})")
+                                  f"{sorted(set(names) - set(saved))}); to add or retire domains on resume, "
+                                  f"allow_domain_changes")
         order = _field(obj, "domain_order", list)
-        if order != names:
+        if order != names and not allow_domain_changes:
             raise MixerStateError(f"domains are listed in a different order than in the checkpoint: "
                                   f"{order} there, {names} here")
-        entries = {n: _field(saved, n, dict, "domains.") for n in names}
+        pool = {**{n: _field(retired, n, dict, "retired.") for n in retired},
+                **{n: _field(saved, n, dict, "domains.") for n in saved}}
+        known = [n for n in names if n in pool]
 
-        def column(key: str, kind: type, *, default: Any = None) -> list[Any]:
-            return [_field(entries[n], key, kind, f"domains.{n}.", default=default if version < 2 else None)
-                    for n in names]
+        def column(key: str, kind: type, *, default: Any = None) -> dict[str, Any]:
+            where = {n: "domains." if n in saved else "retired." for n in known}
+            return {n: _field(pool[n], key, kind, f"{where[n]}{n}.", default=default if version < 2 else None)
+                    for n in known}
 
-        changed = [n for n, fp, saved_fp in zip(names, fingerprints, column("fingerprint", str)) if saved_fp != fp]
+        saved_fingerprints = column("fingerprint", str)
+        changed = [n for n, fp in zip(names, fingerprints) if n in known and saved_fingerprints[n] != fp]
         if changed:
             raise MixerStateError(f"the data of domain(s) {changed} changed since the checkpoint (manifest "
                                   f"fingerprint differs); resuming would not reproduce the run")
+        consumed, probed = column("consumed", int), column("probed", int, default=0)
+        carry, weight = column("carry", float), column("weight", float)
         state = cls(step=_field(obj, "step", int),
-                    consumed=np.array(column("consumed", int), dtype=np.int64),
-                    carry=np.array(column("carry", float), dtype=np.float64),
-                    weights=np.array(column("weight", float), dtype=np.float64),
-                    probed=np.array(column("probed", int, default=0), dtype=np.int64))
+                    consumed=np.array([consumed.get(n, 0) for n in names], dtype=np.int64),
+                    carry=np.array([carry.get(n, 0.0) for n in names], dtype=np.float64),
+                    weights=np.array([weight.get(n, 0.0) for n in names], dtype=np.float64),
+                    probed=np.array([probed.get(n, 0) for n in names], dtype=np.int64),
+                    retired={n: dict(entry) for n, entry in pool.items() if n not in names})
+        if set(saved) != set(names):
+            state.weights = _weights_after_change(names, saved, state.weights, initial_weights)
+            state.carry[:] = 0.0
         _check_values(state, names)
         return state
+
+
+def _weights_after_change(names: list[str], saved: dict[str, Any], weights: np.ndarray,
+                          initial: np.ndarray | None) -> np.ndarray:
+    """Added domains take their share of this run's initial mixture; continuing ones keep their saved
+    proportions in the rest."""
+    share = np.full(len(names), 1.0) if initial is None else np.asarray(initial, dtype=np.float64)
+    share = share / share.sum()
+    added = np.array([n not in saved for n in names])
+    out = np.where(added, share, 0.0)
+    kept = np.where(added, 0.0, weights)
+    rest = 1.0 - out.sum()
+    if kept.sum() > 0:
+        out += kept / kept.sum() * rest
+    elif (~added).any():
+        out[~added] = rest / (~added).sum()
+    else:
+        out = share
+    return out / out.sum()
 
 
 def _saved_ramp(obj: dict[str, Any]) -> BatchRamp | None:

@@ -132,6 +132,8 @@ class TrainLoaderConfig:
     ``cache_limit`` bounds the shard cache of remote domains on disk (bytes, or ``10gb``), shared by the ranks
     of a node. ``allow_batch_size_change`` resumes a checkpoint made with another ``global_train_batch_size``
     or ``rampup_batch_size``: the batches from the checkpoint's step on take this run's sizes.
+    ``allow_domain_changes`` resumes a checkpoint made with other ``domains``: new ones start at their share of
+    ``weights`` (or uniform), missing ones are retired with their place kept, so adding one back continues it.
     """
 
     domains: list[DomainConfig]
@@ -141,6 +143,7 @@ class TrainLoaderConfig:
     cache_limit: ByteSize | None = None
     shuffle_algo: str = "py1e"
     allow_batch_size_change: bool = False
+    allow_domain_changes: bool = False
 
 
 @dataclass(kw_only=True)

@@ -110,8 +110,9 @@ CONFIG_FILENAME = "config.json"
 _RUN_SETTINGS = ("run_name", "seed", "max_seq_len", "global_train_batch_size", "rampup_batch_size", "model",
                  "optimizer", "scheduler", "train_loader.domains", "train_loader.weights",
                  "train_loader.shuffle_algo", "algorithms", "precision")
-# What ``train_loader.allow_batch_size_change: true`` lets a rerun change.
+# What ``train_loader.allow_batch_size_change: true`` and ``allow_domain_changes: true`` let a rerun change.
 _BATCH_SETTINGS = ("global_train_batch_size", "rampup_batch_size")
+_DOMAIN_SETTINGS = ("train_loader.domains", "train_loader.weights")
 
 
 _ABSENT = object()
@@ -158,7 +159,8 @@ def check_run_folder(cfg: TrainConfig) -> None:
     Reusing a ``run_name`` after changing how the run trains (the learning rate, the model, the batch, the
     mixing, …) would resume or overwrite the earlier run with settings it was not trained with. Allowed: a
     folder without ``config.json``, settings that do not change the run (``max_duration``, evaluation,
-    logging, locations), the batch size with ``train_loader.allow_batch_size_change: true``, and any change
+    logging, locations), the batch size with ``train_loader.allow_batch_size_change: true``, the domains with
+    ``train_loader.allow_domain_changes: true``, and any change
     with ``save_overwrite: true``.
     """
     path = os.path.join(cfg.resolved_run_folder, CONFIG_FILENAME)
@@ -176,6 +178,8 @@ def check_run_folder(cfg: TrainConfig) -> None:
     for key in [*now, *(k for k in before if k not in now)]:
         old, new = _lookup(before, key), _lookup(now, key)
         if cfg.train_loader.allow_batch_size_change and key.split(".")[0] in _BATCH_SETTINGS:
+            continue
+        if cfg.train_loader.allow_domain_changes and key.startswith(_DOMAIN_SETTINGS):
             continue
         if old is not _ABSENT and new is not _ABSENT and old != new:  # absent: a setting one version lacks
             changed[key] = (old, new)
