@@ -144,7 +144,9 @@ def build_pike_dataloader(tokenizer: Any = None, device_batch_size: int | float 
         mixer = PiKEStreamingMixer(domains, int(device_batch_size) * world_size, seed=loader.seed,
                                    weights=loader.weights, rank=rank, world_size=world_size,
                                    shuffle_algo=loader.shuffle_algo, read_ahead=loader.read_ahead,
-                                   read_ahead_workers=loader.read_ahead_workers, cache_limit=loader.cache_limit)
+                                   read_ahead_workers=loader.read_ahead_workers, cache_limit=loader.cache_limit,
+                                   allow_batch_size_change=loader.allow_batch_size_change,
+                                   allow_domain_changes=loader.allow_domain_changes)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{LOADER_KEY}: {error}") from error
     if loader.max_seq_len is not None and loader.max_seq_len != mixer.seq_len:
