@@ -85,8 +85,9 @@ DEFAULT_UPDATE_INTERVAL = 10
 """T0, steps between PiKE updates, as in the headroom benchmark's sweep (``bench/results/headroom.md``). The
 probe's overhead is about (probe time / step time) / T0: with 8 domains, the default probe batch and 64-sample
 training batches a probe costs about 1.7 steps, so about 17% at T0 = 10 and 1.7% at T0 = 100
-(``bench/results/overhead.json``; 31% and 3% measured end to end in Composer). Raise it where the overhead
-matters, or take the statistics from the training step (:data:`DEFAULT_PROBE_SAMPLES`)."""
+(``bench/results/overhead.json``; 24% and 2.4% measured end to end in Composer); with 512-sample batches a
+probe costs about 0.23 steps (2.3% at T0 = 10). Raise it where the overhead matters, or take the statistics
+from the training step (:data:`DEFAULT_PROBE_SAMPLES`)."""
 
 DEFAULT_PROBE_SAMPLES = 8
 """m, samples of every domain in a probe batch (over all ranks). Each update then estimates every domain
