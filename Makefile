@@ -67,6 +67,9 @@ test-foundry: install-foundry
 bench: install
 	$(BIN)/python bench/bench_convert.py
 	$(BIN)/python bench/bench_mixer.py
+	$(BIN)/python bench/bench_cache.py --shuffle-block-size 512 --compute-ms 20
+	$(BIN)/python bench/bench_cache.py --shuffle-block-size 512 --out bench/results/cache_loader.json
+	$(BIN)/python bench/bench_cache.py --compute-ms 20 --steps 1000 --out bench/results/cache_default_block.json
 	$(BIN)/python bench/bench_overhead.py
 	$(BIN)/python bench/bench_load.py
 	$(BIN)/python bench/corpora.py headroom $(DATA)/headroom

@@ -32,7 +32,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 
-def write_random_domain(out: str, name: str, samples: int, seq_len: int, seed: int) -> None:
+def write_random_domain(out: str, name: str, samples: int, seq_len: int, seed: int,
+                        size_limit: int = 1 << 20) -> None:
     """Random uint16 tokens in the layout `pike-stream convert` writes (zstd shards, index, manifest)."""
     import hashlib
 
@@ -40,7 +41,7 @@ def write_random_domain(out: str, name: str, samples: int, seq_len: int, seed: i
 
     rng = np.random.default_rng(seed)
     with MDSWriter(out=out, columns={"tokens": f"ndarray:uint16:{seq_len}"}, compression="zstd",
-                   hashes=["sha1", "xxh64"], size_limit=1 << 20) as writer:
+                   hashes=["sha1", "xxh64"], size_limit=size_limit) as writer:
         for _ in range(samples):
             writer.write({"tokens": rng.integers(0, 258, seq_len, dtype=np.uint16)})
     index = json.load(open(os.path.join(out, "index.json")))

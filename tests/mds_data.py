@@ -14,7 +14,14 @@ import os
 import numpy as np
 from streaming import MDSWriter
 
-__all__ = ["write_domain", "decode_ids"]
+__all__ = ["write_domain", "write_domains", "decode_ids"]
+
+
+def write_domains(root: str, sizes: dict[str, int]) -> str:
+    """``root/<name>`` for each domain of ``sizes`` (name → samples), coded by its position; returns ``root``."""
+    for code, (name, n) in enumerate(sizes.items()):
+        write_domain(os.path.join(root, name), name, n, code=code)
+    return root
 
 
 def write_domain(out: str, name: str, num_samples: int, *, code: int = 0, seq_len: int = 16,

@@ -11,6 +11,7 @@ import pytest
 
 from pike_stream.audit import audit_run, main
 from pike_stream.train.records import read_batch_log
+from tests.in_process import fit
 from tests.mds_data import write_domain
 from tests.test_train import _config
 
@@ -20,28 +21,13 @@ SIZES = {"a": 40, "b": 25, "c": 60}  # small: a run of 16 steps × 24 samples cr
 @pytest.fixture(scope="module")
 def pike_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 16-step PiKE run on local domains, with batch logs: its weights move every 3 steps."""
-    import torch
-    import torch.distributed
-
-    from pike_stream.train.builder import build_trainer
-    from pike_stream.train.config import config_from_dict
-
     root = tmp_path_factory.mktemp("audit")
     for code, (name, size) in enumerate(SIZES.items(), 1):
         write_domain(str(root / name), name, size, code=code)
     cfg = _config(run_folder=str(root / "run"), eval_loader=None, save_folder=None, save_interval="16ba",
                   loggers={"console": False, "progress_bar": False})
     cfg["train_loader"]["domains"] = [{"name": n, "local": str(root / n)} for n in SIZES]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = build_trainer(config_from_dict(cfg))
-        trainer.fit()
-        trainer.close()
-    finally:
-        torch.set_num_threads(threads)
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    fit(cfg)
     return root / "run"
 
 

@@ -7,7 +7,6 @@ ramp), the same global batches on any rank count, and cumulative draws within 2 
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections import Counter
 
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from pike_stream import BatchRamp, MixerStateError, PiKEStreamingMixer
 from pike_stream.mixer.batch_size import steps_for_samples
-from tests.mds_data import write_domain
+from tests.mds_data import write_domains
 from tests.test_mixer import SIZES, make_domains, run
 
 FINAL = 16
@@ -28,10 +27,7 @@ STOPS = (1, 3, 7, 10, 14)  # inside the first increment, mid-ramp, at its end, a
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("domains"))
-    for code, (name, n) in enumerate(SIZES.items()):
-        write_domain(os.path.join(root, name), name, n, code=code)
-    return root
+    return write_domains(str(tmp_path_factory.mktemp("domains")), SIZES)
 
 
 def ramped(root: str, **kwargs) -> PiKEStreamingMixer:

@@ -13,6 +13,7 @@ import pytest
 from pike_stream.audit import audit_run
 from pike_stream.train.config import ConfigError, config_from_dict
 from pike_stream.train.records import read_batch_log
+from tests.in_process import fit
 from tests.mds_data import write_domain
 from tests.test_train import _config
 
@@ -22,11 +23,6 @@ EXPECTED_SIZES = [8] * 6 + [16] * 3 + [24] * 7
 
 
 def _train(root: Path, run: str, **changes: Any) -> Path:
-    import torch
-    import torch.distributed
-
-    from pike_stream.train.builder import build_trainer
-
     cfg = _config(run_folder=str(root / run), eval_loader=None, save_folder=str(root / run / "ckpt"),
                   save_interval="4ba", loggers={"console": False, "progress_bar": False},
                   global_train_batch_size=24, rampup_batch_size=RAMP)
@@ -34,16 +30,7 @@ def _train(root: Path, run: str, **changes: Any) -> Path:
     train_loader = changes.pop("train_loader", {})
     cfg.update(changes)
     cfg["train_loader"].update(train_loader)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = build_trainer(config_from_dict(cfg))
-        trainer.fit()
-        trainer.close()
-    finally:
-        torch.set_num_threads(threads)
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    fit(cfg)
     return root / run
 
 

@@ -17,7 +17,8 @@ import pytest
 from pike_stream import Domain, MixerStateError, PiKEStreamingMixer
 from pike_stream.controller import MixingController
 from pike_stream.mixing import get_strategy
-from tests.mds_data import write_domain
+from tests.in_process import fit
+from tests.mds_data import write_domain, write_domains
 from tests.test_mixer import SIZES, run
 
 B = 8
@@ -26,10 +27,7 @@ ALL = {**SIZES, "fr": 90}
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("domains"))
-    for code, (name, n) in enumerate(ALL.items()):
-        write_domain(os.path.join(root, name), name, n, code=code)
-    return root
+    return write_domains(str(tmp_path_factory.mktemp("domains")), ALL)
 
 
 def still(step: int) -> None:
@@ -162,11 +160,6 @@ def test_the_controller_follows_the_new_domain_list():
 
 # ---------------------------------------------------------------------------------------- in Composer training
 def _train(root: str, run_folder: str, names: tuple[str, ...], **changes) -> None:
-    import torch
-    import torch.distributed
-
-    from pike_stream.train.builder import build_trainer
-    from pike_stream.train.config import config_from_dict
     from tests.test_train import _config
 
     cfg = _config(run_folder=run_folder, eval_loader=None, save_folder=os.path.join(run_folder, "ckpt"),
@@ -174,16 +167,7 @@ def _train(root: str, run_folder: str, names: tuple[str, ...], **changes) -> Non
     cfg["train_loader"]["domains"] = [{"name": n, "local": os.path.join(root, n)} for n in names]
     cfg["train_loader"].update(changes.pop("train_loader", {}))
     cfg.update(changes)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = build_trainer(config_from_dict(cfg))
-        trainer.fit()
-        trainer.close()
-    finally:
-        torch.set_num_threads(threads)
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    fit(cfg)
 
 
 def test_pike_training_resumed_with_a_domain_added_and_one_retired(data_root, tmp_path, in_process_dist):

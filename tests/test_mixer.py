@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pike_stream import Domain, DomainDataError, MixerStateError, PiKEStreamingMixer
-from tests.mds_data import decode_ids, write_domain
+from tests.mds_data import decode_ids, write_domain, write_domains
 
 SIZES = {"en": 300, "de": 120, "code": 57}  # small domains so runs cross domain-epoch boundaries
 B = 8
@@ -22,10 +22,7 @@ B = 8
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("domains"))
-    for code, (name, n) in enumerate(SIZES.items()):
-        write_domain(os.path.join(root, name), name, n, code=code)
-    return root
+    return write_domains(str(tmp_path_factory.mktemp("domains")), SIZES)
 
 
 def make_domains(root: str, names=tuple(SIZES)) -> list[Domain]:

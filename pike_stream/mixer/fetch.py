@@ -76,6 +76,8 @@ def describe_fetch_error(error: BaseException, remote: str | None) -> tuple[bool
         reason = str(explain_client_error(error, settings, url.netloc, "GetObject", key=key))
         if isinstance(error, ClientError) and "does not exist" in reason:
             reason += "; check the domain's remote and that its upload finished"
+        if transient and ENV_ENDPOINT_URL not in reason:  # a 5xx or throttling: the server is in trouble
+            reason += f" (check {ENV_ENDPOINT_URL}={settings.endpoint_url or '<unset>'} is up)"
         return transient, reason
     if isinstance(error, FileNotFoundError):
         return False, f"no such file ({error}); check the domain's remote/local folder"

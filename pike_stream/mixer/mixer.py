@@ -72,7 +72,9 @@ class PiKEStreamingMixer(IterableDataset):
         weights: initial weights ``{name: w}`` (normalised), or None for uniform.
         rank, world_size: this process's place; None reads torch.distributed (or 0 and 1 without it).
         shuffle_algo, shuffle_block_size: mosaicml-streaming's shuffle (``py1e`` keeps shard locality).
-        read_ahead: how many upcoming shards of each domain to prepare in the background.
+        read_ahead: upcoming shards to prepare in the background, per domain on average: ``read_ahead`` × K in
+            all, the soonest expected at the weights in force (a domain at weight 0 gets none; each drawn
+            domain at least its next shard).
         read_ahead_workers: threads that download/decompress shards (0: fetch only on demand).
         cache_limit: bytes (or a string like ``"10gb"``) of cached shards of remote domains to keep, on disk,
             over all processes sharing the cache folders (ranks of a node); shards in use are kept past it.
@@ -150,8 +152,11 @@ class PiKEStreamingMixer(IterableDataset):
         return {name: float(w) for name, w in zip(self.domain_names, self._state.weights)}
 
     def set_weights(self, weights: Mapping[str, float] | Sequence[float] | np.ndarray) -> None:
-        """Set the proportions of the next batch onwards (normalised to sum to 1)."""
+        """Set the proportions of the next batch onwards (normalised to sum to 1); the read-ahead follows at
+        once, so a domain whose weight rises has its next shards fetched while the current step computes."""
         self._state.weights = self._weights_array(weights)
+        if not self.shards.closed:
+            self._read_ahead()
 
     @property
     def step(self) -> int:
@@ -295,16 +300,35 @@ class PiKEStreamingMixer(IterableDataset):
                 "sample_id": torch.from_numpy(sample_id.astype(np.int64))}
 
     def _read_ahead(self) -> None:
-        """Queue the next ``read_ahead`` distinct shards of every domain's order, nearest first."""
+        """Queue the upcoming shards expected soonest at the weights in force: each drawn domain's next shard
+        and all the next batch is expected to read, then the soonest others up to ``read_ahead`` × K in all (a
+        domain at weight 0 gets none, a heavy one more than ``read_ahead``); and tell the cache when every
+        upcoming shard is expected, for its eviction."""
         if self.read_ahead <= 0:
             return
-        keys = []
+        expected: list[tuple[float, int, tuple[int, int]]] = []
+        batch = self.batch_size
         for k, (source, order) in enumerate(zip(self.sources, self.orders)):
-            window = min(order.num_samples, self.read_ahead * int(source.shard_sizes.max()))
+            rate = float(self._state.weights[k]) * batch  # samples of domain k per step
+            if rate <= 0:
+                continue
+            window = min(order.num_samples, 2 * self.read_ahead * int(source.shard_sizes.max()))
             upcoming, _ = source.locate(order.take(int(self._state.consumed[k]), window))
-            _, first = np.unique(upcoming, return_index=True)
-            keys += [(k, int(s)) for s in upcoming[np.sort(first)][:self.read_ahead]]
-        self.shards.prefetch(keys)
+            shards, first = np.unique(upcoming, return_index=True)
+            # the (p+1)-th upcoming sample of the domain is expected after (p+1)/rate steps
+            expected += [(float(p + 1) / rate, k, (k, int(s))) for s, p in zip(shards, first)]
+        expected.sort()
+        # First every drawn domain's next shard (a rarely drawn domain's next sample is not left to a
+        # download when it comes) and every shard the next batch is expected to read; then the soonest others
+        # up to read_ahead × K.
+        first = {k: key for _, k, key in reversed(expected)}  # the soonest shard of each domain
+        keys = list(dict.fromkeys([*first.values(), *(key for steps, _, key in expected if steps <= 1.0)]))
+        for _, _, key in expected:
+            if len(keys) >= self.read_ahead * len(self.sources):
+                break
+            if key not in keys:
+                keys.append(key)
+        self.shards.prefetch(keys, {key: steps for steps, _, key in expected})
 
     def dataloader(self, *, pin_memory: bool = False, num_workers: int = 0) -> DataLoader:
         """A torch DataLoader over this mixer (its ``.dataset``), yielding this rank's batches."""

@@ -3,16 +3,21 @@
 The mixer decides *which* samples form a batch only when the batch is taken (zero lag), but each domain's
 order is fixed in advance, so the shards a domain will need next are known whatever the weights do. This
 module prepares them in background threads through streaming's ``Stream.prepare_shard`` (download, hash
-validation, decompression) and evicts least-recently-used shards of remote domains past ``cache_limit``.
+validation, decompression) and, past ``cache_limit``, evicts the shards of remote domains that will be needed
+last: the mixer tells it, for the upcoming shards of every domain, in how many steps each is expected to be
+read at the weights in force (:meth:`ShardCache.prefetch`); shards it does not expect are evicted first, least
+recently used first.
 
 Ranks on one node share the cache folder, so everything here holds across processes, through one lock
 file per shard (``.<shard>.lock`` beside it, ``flock``):
 
 * preparing a shard holds its lock exclusively; reading samples of a remote shard holds it shared
   (:meth:`ShardCache.open`), and a shard found missing then (evicted by another rank) is fetched again;
-* eviction measures the shard files on disk (whoever fetched them, whenever), removes the least recently
-  used ones (the lock file's mtime, touched by every read in every process) and skips any shard whose
-  lock it cannot take at once: a shard being read or prepared by anyone is never removed. One process
+* eviction measures the shard files on disk (whoever fetched them, whenever), removes shards no one expects
+  first (least recently used first: the lock file's mtime, touched by every read in every process), then the
+  expected ones whose expected use is furthest, and skips any shard whose lock it cannot take at once: a
+  shard being read or prepared by anyone is never removed. Every rank computes the same expectations (the
+  mixer's state is the same on every rank), so it does not matter which process evicts. One process
   evicts at a time (``.pike_stream-evict.lock`` in the first remote domain's folder).
 
 Only transient download failures (endpoint unreachable, 5xx, throttling) are retried, with backoff, for
@@ -94,6 +99,7 @@ class ShardCache:
         self._lock = threading.Lock()
         self._pending: dict[Key, Future] = {}
         self._window: set[Key] = set()  # this process's read-ahead window (kept from eviction)
+        self._next_use: dict[Key, float] = {}  # steps until a shard is expected to be read (the mixer's estimate)
         self._using: dict[Key, int] = {}  # shards being read by this process (kept from eviction)
         self.stall_seconds = 0.0  # time the reader waited for shards that were not local yet
         for source in sources:
@@ -153,10 +159,13 @@ class ShardCache:
         finally:
             self.stall_seconds += time.perf_counter() - start
 
-    def prefetch(self, keys: list[Key]) -> None:
-        """Start preparing these shards in the background (in order); keep them from eviction."""
+    def prefetch(self, keys: list[Key], next_use: dict[Key, float] | None = None) -> None:
+        """Start preparing these shards in the background (in order); keep them from eviction. ``next_use``:
+        for upcoming shards (these and others), in how many steps each is expected to be read; eviction
+        removes unexpected shards first, then the ones expected last."""
         with self._lock:
             self._window = set(keys)
+            self._next_use = dict(next_use or {})
             if self._pool is None or self._closed.is_set():
                 return
             for key in keys:
@@ -279,8 +288,8 @@ class ShardCache:
 
     # ------------------------------------------------------------------------------------- eviction
     def _evict(self) -> None:
-        """Remove least recently used, unlocked, unprotected shards of remote domains until the files on
-        disk fit ``cache_limit``."""
+        """Remove unlocked, unprotected shards of remote domains until the files on disk fit ``cache_limit``:
+        those not expected soon first (no expected use, least recently used first; then the furthest use)."""
         remote = [k for k, s in enumerate(self.sources) if s.domain.remote]
         if self.cache_limit is None or not remote:
             return
@@ -291,9 +300,12 @@ class ShardCache:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with self._lock:
                 protected = set(self._pending) | self._window | set(self._using)
+                next_use = self._next_use
             cached = self._on_disk(remote)
             used = sum(size for _, _, size in cached)
-            for _, key, size in sorted(cached):  # least recently used first
+            far = float("inf")
+            order = sorted(cached, key=lambda c: (-next_use.get(c[1], far), c[0]))
+            for _, key, size in order:  # unexpected (least recently used first), then the furthest expected
                 if used <= self.cache_limit:
                     break
                 if key not in protected and self._remove(key):
