@@ -226,6 +226,16 @@ def test_microbatch_and_world_size_must_divide_the_batch() -> None:
         _check_batch_sizes(cfg, 4)
     with pytest.raises(ConfigError, match=r"global_train_batch_size=24 is not divisible by the 5 ranks"):
         _check_batch_sizes(cfg, 5)
+    ramp = {"start": 6, "increment": 6, "samples": 100}  # 6, 12, 18, 24
+    cfg = config_from_dict(_config(global_train_batch_size=24, device_train_microbatch_size=3,
+                                   rampup_batch_size=ramp))
+    assert _check_batch_sizes(cfg, 2) == 12
+    with pytest.raises(ConfigError, match=r"rampup_batch_size: the global batch of 6 on the ramp is not divisible "
+                                          r"by the 4 ranks"):
+        _check_batch_sizes(cfg, 4)
+    with pytest.raises(ConfigError, match=r"device_train_microbatch_size=3 does not divide the per-rank batch of 2 "
+                                          r"\(a global batch of 6 over 3 ranks, on the batch-size ramp\)"):
+        _check_batch_sizes(cfg, 3)
 
 
 def test_overrides_use_dotted_keys_and_yaml_values(tmp_path: Path) -> None:

@@ -69,11 +69,11 @@ def _check_batch_sizes(cfg: TrainConfig, world_size: int) -> int:
     and the microbatch against the world."""
     ramp = cfg.batch_ramp
     sizes = [cfg.global_train_batch_size] if ramp is None else ramp.sizes(cfg.global_train_batch_size)
-    key = "global_train_batch_size" if ramp is None else "rampup_batch_size"
     for size in sizes:
         if size % world_size:
-            raise ConfigError(f"{key}: the global batch of {size} is not divisible by the {world_size} ranks of "
-                              f"this run")
+            where = (f"global_train_batch_size={size}" if ramp is None
+                     else f"rampup_batch_size: the global batch of {size} on the ramp")
+            raise ConfigError(f"{where} is not divisible by the {world_size} ranks of this run")
         micro = cfg.device_train_microbatch_size
         if isinstance(micro, int) and (size // world_size) % micro:
             raise ConfigError(f"device_train_microbatch_size={micro} does not divide the per-rank batch of "
