@@ -201,3 +201,22 @@ def test_pike_training_resumed_with_a_domain_added_and_one_retired(data_root, tm
         ids += [i for s in sorted(batches) for d, i in zip(*batches[s]) if d == k_now]
         reference = mixer_of(data_root, tuple(ALL), seed=5)  # the run's seed (tests.test_train._config)
         assert ids == reference.orders[list(ALL).index(name)].take(0, len(ids)).tolist(), name
+
+
+def test_domains_are_matched_by_name_in_any_order(data_root):
+    first = mixer_of(data_root, ("en", "de", "code"), read_ahead=0, read_ahead_workers=0)
+    for _ in range(6):
+        first.compose()
+    shuffled = ("code", "fr", "en", "de")
+    after = mixer_of(data_root, shuffled, read_ahead=0, read_ahead_workers=0, allow_domain_changes=True)
+    after.load_state_dict(first.state_dict())
+    assert {n: after.consumed[n] for n in ("en", "de", "code")} == first.consumed and after.consumed["fr"] == 0
+    drawn: dict[str, list[int]] = {}
+    for _ in range(10):
+        domain, sample = after.compose()
+        for k, i in zip(domain, sample):
+            drawn.setdefault(shuffled[k], []).append(int(i))
+    reference = mixer_of(data_root, tuple(ALL), read_ahead=0, read_ahead_workers=0)
+    for name, ids in drawn.items():  # each continues its own order from where the checkpoint left it
+        start = first.consumed.get(name, 0)
+        assert ids == reference.orders[list(ALL).index(name)].take(start, len(ids)).tolist(), name
