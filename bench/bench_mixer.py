@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,9 @@ def main() -> None:
         return
 
     from pike_stream.storage import EmbeddedS3, s3_client
+
+    # SIGTERM (a `kill`) exits through the `with EmbeddedS3` below, which stops the server, like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = tempfile.mkdtemp(prefix="pike-bench-mixer-")
     names = [f"d{i}" for i in range(args.domains)]
