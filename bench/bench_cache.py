@@ -36,7 +36,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from bench.bench_mixer import write_random_domain  # noqa: E402
+from bench.bench_mixer import run_child, write_random_domain  # noqa: E402
 
 SHARD_BYTES = 1 << 17  # small shards, so a quarter of the data is many shards
 
@@ -130,12 +129,7 @@ def child(spec: dict) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         env=env, timeout=1200)
-    if out.returncode:
-        raise RuntimeError(f"measurement failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, spec, timeout=1200)
 
 
 # ------------------------------------------------------------------------------------------ parent side

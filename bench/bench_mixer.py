@@ -110,13 +110,19 @@ def child(spec: dict) -> dict:
             "rss_growth_mb": (psutil.Process().memory_info().rss - rss_before) / 2**20}
 
 
-def measure(spec: dict) -> dict:
+def run_child(script: str, spec: dict, timeout: float = 900) -> dict:
+    """``script --child SPEC`` in a fresh interpreter; its last stdout line, as JSON."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         env=env, timeout=900)
+    out = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True,
+                         env=env, timeout=timeout)
     if out.returncode:
-        raise RuntimeError(f"measurement {spec['loader']} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"measurement {spec.get('loader', '')} of {os.path.basename(script)} failed:\n"
+                           f"{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(spec: dict) -> dict:
+    return run_child(__file__, spec)
 
 
 # ------------------------------------------------------------------------------------------ parent side

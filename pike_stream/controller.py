@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pike_stream.mixing import DomainStats, Strategy, apply_floor, check_weights, pull_toward
+from pike_stream.mixing import DomainStats, Strategy, apply_floor, check_weights, pull_toward, with_added
 
 if TYPE_CHECKING:  # the controller itself needs neither torch nor Composer
     from pike_stream.probe import ProbeResult
@@ -429,13 +429,8 @@ class MixingController:
             if not allow_domain_changes:
                 raise ValueError(f"the saved PiKE anchor covers domains {sorted(anchor)}, this run has "
                                  f"{sorted(names)}")
-            kept = np.array([float(anchor.get(name, 0.0)) for name in names])
-            added = np.array([name not in anchor for name in names])
-            values = np.where(added, 1 / len(names), 0.0)
-            if kept.sum() > 0:
-                values += kept / kept.sum() * (1.0 - values.sum())
-            else:  # nothing of the old anchor continues: an equal share each
-                values = np.full(len(names), 1 / len(names))
+            values = with_added(np.array([float(anchor.get(name, 0.0)) for name in names]),
+                                np.array([name not in anchor for name in names]), np.ones(len(names)))
             anchor = {name: float(v) for name, v in zip(names, values)}
         self.anchor = None if anchor is None else check_weights([anchor[name] for name in names], "the saved anchor")
         self.updates = int(obj["updates"])

@@ -322,13 +322,12 @@ class PiKEStreamingMixer(IterableDataset):
         # download when it comes) and every shard the next batch is expected to read; then the soonest others
         # up to read_ahead × K.
         first = {k: key for _, k, key in reversed(expected)}  # the soonest shard of each domain
-        keys = list(dict.fromkeys([*first.values(), *(key for steps, _, key in expected if steps <= 1.0)]))
+        keys = dict.fromkeys([*first.values(), *(key for steps, _, key in expected if steps <= 1.0)])
         for _, _, key in expected:
             if len(keys) >= self.read_ahead * len(self.sources):
                 break
-            if key not in keys:
-                keys.append(key)
-        self.shards.prefetch(keys, {key: steps for steps, _, key in expected})
+            keys.setdefault(key)
+        self.shards.prefetch(list(keys), {key: steps for steps, _, key in expected})
 
     def dataloader(self, *, pin_memory: bool = False, num_workers: int = 0) -> DataLoader:
         """A torch DataLoader over this mixer (its ``.dataset``), yielding this rank's batches."""

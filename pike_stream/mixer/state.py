@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pike_stream.mixer.batch_size import BatchRamp
+from pike_stream.mixing.simplex import with_added
 
 __all__ = ["MixerState", "MixerStateError", "STATE_FORMAT", "STATE_VERSION"]
 
@@ -145,29 +146,11 @@ class MixerState:
                     probed=np.array([probed.get(n, 0) for n in names], dtype=np.int64),
                     retired={n: dict(entry) for n, entry in pool.items() if n not in names})
         if set(saved) != set(names):
-            state.weights = _weights_after_change(names, saved, state.weights, initial_weights)
+            share = np.ones(len(names)) if initial_weights is None else initial_weights
+            state.weights = with_added(state.weights, np.array([n not in saved for n in names]), share)
             state.carry[:] = 0.0
         _check_values(state, names)
         return state
-
-
-def _weights_after_change(names: list[str], saved: dict[str, Any], weights: np.ndarray,
-                          initial: np.ndarray | None) -> np.ndarray:
-    """Added domains take their share of this run's initial mixture; continuing ones keep their saved
-    proportions in the rest."""
-    share = np.full(len(names), 1.0) if initial is None else np.asarray(initial, dtype=np.float64)
-    share = share / share.sum()
-    added = np.array([n not in saved for n in names])
-    out = np.where(added, share, 0.0)
-    kept = np.where(added, 0.0, weights)
-    rest = 1.0 - out.sum()
-    if kept.sum() > 0:
-        out += kept / kept.sum() * rest
-    elif (~added).any():
-        out[~added] = rest / (~added).sum()
-    else:
-        out = share
-    return out / out.sum()
 
 
 def _saved_ramp(obj: dict[str, Any]) -> BatchRamp | None:

@@ -10,7 +10,7 @@ from pike_stream.mixing.apportion import apportion
 from pike_stream.mixing.balanced import balanced_dual_weights, balanced_pike_step
 from pike_stream.mixing.conceptual import conceptual_pike_weights, separable_qp_weights
 from pike_stream.mixing.pike import multiplicative_update, pike_exponents, pike_step
-from pike_stream.mixing.simplex import apply_floor, check_weights, pull_toward
+from pike_stream.mixing.simplex import apply_floor, check_weights, pull_toward, with_added
 from pike_stream.mixing.static import (
     proportional_weights,
     random_weights,
@@ -37,6 +37,7 @@ __all__ = [
     "pike_step",
     "proportional_weights",
     "pull_toward",
+    "with_added",
     "random_weights",
     "round_robin_weights",
     "separable_qp_weights",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SIMPLEX_ATOL", "apply_floor", "check_weights", "log_normalize", "pull_toward"]
+__all__ = ["SIMPLEX_ATOL", "apply_floor", "check_weights", "log_normalize", "pull_toward", "with_added"]
 
 SIMPLEX_ATOL = 1e-6
 """How far from 1 the sum of a weight vector handed to a strategy may be (float drift, JSON round trips)."""
@@ -129,3 +129,21 @@ def pull_toward(weights: np.ndarray, anchor: np.ndarray, pull: float, present: n
     out = w.copy()
     out[mask] = mass * log_normalize(log_mix)
     return out
+
+
+def with_added(weights: np.ndarray, added: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """A mixture after domains were added: each added domain (``added`` true) takes its ``share`` of the
+    normalised ``share`` vector, and the others keep their proportions of ``weights`` in the rest (an equal
+    split of it if their weights are all 0; ``share`` itself if no domain continues)."""
+    share = np.asarray(share, dtype=np.float64) / np.sum(share)
+    added = np.asarray(added, dtype=bool)
+    kept = np.where(added, 0.0, np.asarray(weights, dtype=np.float64))
+    out = np.where(added, share, 0.0)
+    rest = 1.0 - out.sum()
+    if kept.sum() > 0:
+        out = out + kept / kept.sum() * rest
+    elif (~added).any():
+        out[~added] = rest / (~added).sum()
+    else:
+        out = share
+    return out / out.sum()
