@@ -65,6 +65,8 @@ BATCH = 64
 EVAL_BATCHES = 8
 EVAL_BATCH_SIZE = 16
 ORACLE_PROBE = 64
+LR = 3.0e-3
+"""AdamW's peak learning rate; a run's spec may set another (``"lr"``), as ``bench/bench_spread.py`` does."""
 GRID_SHARES = (0.05, 0.15, 0.25)
 # PiKE's sweep on the tuning seed. Every entry is complete (no hidden defaults), so the chosen one can be
 # written into the library as it is.
@@ -79,7 +81,7 @@ PIKE_SWEEP = (
     {**PIKE_BASE, "normalize": False, "zeta1": 1.0, "zeta2": 1.0},
     {**PIKE_BASE, "zeta1": 0.1, "zeta2": 0.0},
     {**PIKE_BASE, "zeta1": 0.3, "zeta2": 0.0},
-    # The pull back to the initial mixture (pike_stream.mixing.pull_toward): the weights follow the recent
+    # The pull back to the initial mixture (pike_stream.strategies.pull_toward): the weights follow the recent
     # statistics instead of their running sum. Added after the first held-out seeds (1-3) showed the running
     # sum keeping a learned domain's gains; judged on new held-out seeds.
     {**PIKE_BASE, "zeta1": 0.1, "zeta2": 0.1, "pull": 0.1},
@@ -113,7 +115,7 @@ def static_grid() -> list[dict[str, float]]:
 
 def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval_every: int, eval_split: str,
                  pike: dict[str, Any], weights: dict[str, float] | None = None,
-                 domain_names: tuple[str, ...] = DOMAINS) -> Any:
+                 domain_names: tuple[str, ...] = DOMAINS, lr: float = LR) -> Any:
     """One run's :class:`~pike_stream.train.config.TrainConfig`: local MDS folders, evaluation of every domain
     on the first batches of ``eval_split`` every ``eval_every`` steps, no checkpoints."""
     from pike_stream.train.config import config_from_dict
@@ -133,7 +135,7 @@ def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval
         "max_duration": f"{steps}ba",
         "eval_interval": f"{eval_every}ba",
         "model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 258},
-        "optimizer": {"name": "decoupled_adamw", "lr": 3.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0},
+        "optimizer": {"name": "decoupled_adamw", "lr": lr, "betas": [0.9, 0.95], "weight_decay": 0.0},
         "scheduler": {"name": "cosine_with_warmup", "t_warmup": "20ba", "alpha_f": 0.1},
         "train_loader": train_loader,
         "eval_loader": {"device_batch_size": EVAL_BATCH_SIZE, "max_batches": EVAL_BATCHES,
@@ -189,7 +191,7 @@ def run_one(spec: dict[str, Any], data: str, work: str, steps: int, eval_every: 
 
     cfg = build_config(name=spec["name"], data=data, work=work, seed=spec["seed"], steps=steps,
                        eval_every=eval_every, eval_split=spec["eval_split"], pike=spec["pike"],
-                       weights=spec.get("weights"), domain_names=domain_names)
+                       weights=spec.get("weights"), domain_names=domain_names, lr=spec.get("lr", LR))
     # A run that is not cached (or was made with another spec) starts from an empty run folder.
     shutil.rmtree(cfg.resolved_run_folder, ignore_errors=True)
     start = time.perf_counter()
@@ -210,7 +212,7 @@ def run_one(spec: dict[str, Any], data: str, work: str, steps: int, eval_every: 
 def shipped_defaults() -> dict[str, Any]:
     """The library's PiKE defaults, as the benchmarks record them."""
     from pike_stream.controller import DEFAULT_EMA, DEFAULT_PROBE_SAMPLES, DEFAULT_PULL, DEFAULT_UPDATE_INTERVAL
-    from pike_stream.mixing import get_strategy
+    from pike_stream.strategies import get_strategy
 
     strategy = get_strategy("pike")
     return {"probe_samples": DEFAULT_PROBE_SAMPLES, "update_interval": DEFAULT_UPDATE_INTERVAL, "ema": DEFAULT_EMA,

@@ -73,10 +73,10 @@ from pike_stream.controller import (
     check_schedule,
 )
 from pike_stream.mixer import PiKEStreamingMixer
-from pike_stream.mixing import get_strategy
-from pike_stream.mixing.checks import check_domain_weights
 from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
 from pike_stream.step_statistics import DomainGroupedBatch, StepStatistics, plan_microbatches, split_batch
+from pike_stream.strategies import get_strategy
+from pike_stream.strategies.checks import check_domain_weights
 
 __all__ = ["PiKE", "find_mixer"]
 
@@ -128,7 +128,7 @@ class PiKE(Algorithm):
     Hooks ``FIT_START`` and ``AFTER_DATALOADER`` (the module docstring places them in the training loop).
 
     Args:
-        strategy: the mixing strategy's name (:data:`~pike_stream.mixing.STRATEGIES`): ``"pike"``,
+        strategy: the mixing strategy's name (:data:`~pike_stream.strategies.STRATEGIES`): ``"pike"``,
             ``"balanced_pike"``, ``"conceptual_pike"`` adapt; the others are the static baselines.
         update_interval: T0, steps between updates.
         warmup_steps: steps with the initial weights before the first update.
@@ -151,7 +151,7 @@ class PiKE(Algorithm):
         conflict_threshold: log a warning naming the two domains when their averaged gradient cosine stays
             below this (at most once per :data:`CONFLICT_WARNING_EVERY` updates); None: never.
         **options: the strategy's options (``zeta1``, ``zeta2``, ``tau``, ``min_weight``, ``normalize``,
-            ``initial``, ``temperature``, ``seed``, …; see :mod:`pike_stream.mixing.strategies`).
+            ``initial``, ``temperature``, ``seed``, …; see :mod:`pike_stream.strategies.registry`).
 
     Raises:
         ValueError: an option is out of range or unknown (the message names it).

@@ -5,7 +5,7 @@ loop uses it directly (``mixer`` a :class:`~pike_stream.mixer.PiKEStreamingMixer
 ``nn.Module`` or Composer model whose network ``causal_lm_per_sample_loss`` understands)::
 
     from pike_stream.controller import MixingController
-    from pike_stream.mixing import get_strategy
+    from pike_stream.strategies import get_strategy
     from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
 
     controller = MixingController(get_strategy("pike"), mixer.domain_names, update_interval=10)
@@ -28,7 +28,7 @@ What the controller owns (and saves in its state):
   ``(t − warmup_steps) mod update_interval = 0``.
 * **The anchor and the pull back to it.** The weights in force at the first step the controller sees (the
   run's initial mixture) are its anchor. After every strategy step the weights move a fraction ``pull`` of
-  the way back to the anchor in log space (:func:`~pike_stream.mixing.pull_toward`): the mixture follows
+  the way back to the anchor in log space (:func:`~pike_stream.strategies.pull_toward`): the mixture follows
   the *recent* statistics, and a domain that was up-weighted while it was being learned (its gradient large)
   comes back within about ``1/pull`` updates once it is learned, instead of keeping what it gained.
 * **Averaging across updates.** Each probe's estimates of ``G_k``, ``S_k`` and the loss are unbiased but
@@ -36,7 +36,7 @@ What the controller owns (and saves in its state):
   taken as it is). A domain's average moves only when it has a fresh estimate.
 * **No stale estimates.** The strategy is given, for each domain, its average *only if the domain was
   estimated in this probe*; a domain without a fresh estimate is NaN for this update, so it keeps its weight
-  share (:func:`~pike_stream.mixing.pike.multiplicative_update`). With a probe batch
+  share (:func:`~pike_stream.strategies.pike.multiplicative_update`). With a probe batch
   (:meth:`~pike_stream.mixer.PiKEStreamingMixer.probe_batch`, ``probe_samples`` per domain) every domain is
   estimated at every update whatever its weight, so this only happens when probing the training batch.
 * **Gradient conflict.** The probe's cross-domain inner products are unbiased for ``⟨∇L_i, ∇L_j⟩``; they are
@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pike_stream.mixing import DomainStats, Strategy, apply_floor, check_weights, pull_toward, with_added
+from pike_stream.strategies import DomainStats, Strategy, apply_floor, check_weights, pull_toward, with_added
 
 if TYPE_CHECKING:  # the controller itself needs neither torch nor Composer
     from pike_stream.probe import ProbeResult
@@ -102,7 +102,7 @@ benchmark's sweep."""
 
 DEFAULT_PULL = 0.1
 """λ, the fraction of the log-distance to the anchor (the initial mixture) removed after every update
-(:func:`~pike_stream.mixing.pull_toward`); 0 is the paper's rule, where the weights are the running sum of all
+(:func:`~pike_stream.strategies.pull_toward`); 0 is the paper's rule, where the weights are the running sum of all
 past steps. Chosen on the headroom benchmark's tuning seed (``bench/results/headroom.md``)."""
 
 DEFAULT_CONFLICT_THRESHOLD = -0.2
@@ -189,7 +189,7 @@ class MixingController:
     It knows nothing about where statistics come from or where weights go (see the module docstring).
 
     Args:
-        strategy: the mixing strategy (:func:`~pike_stream.mixing.get_strategy`).
+        strategy: the mixing strategy (:func:`~pike_stream.strategies.get_strategy`).
         domain_names: the domains, in the mixer's order (statistics and weights are in this order).
         update_interval: T0, steps between updates (adaptive strategies).
         warmup_steps: steps before the first update (batches ``0 … warmup_steps`` keep the initial weights).

@@ -49,8 +49,8 @@ from transformers import PreTrainedTokenizer
 from converters.tokenizers import ByteTokenizer
 from pike_stream.algorithm import PiKE, _refuse_sharded_training, find_mixer
 from pike_stream.mixer import Domain, PiKEStreamingMixer
-from pike_stream.mixing.checks import check_domain_weights
 from pike_stream.step_statistics import split_batch
+from pike_stream.strategies.checks import check_domain_weights
 from pike_stream.train.composer_compat import check_saver_latest_symlink_often
 from pike_stream.train.config import (
     ConfigError,
@@ -146,7 +146,8 @@ def build_pike_dataloader(tokenizer: Any = None, device_batch_size: int | float 
                                    shuffle_algo=loader.shuffle_algo, read_ahead=loader.read_ahead,
                                    read_ahead_workers=loader.read_ahead_workers, cache_limit=loader.cache_limit,
                                    allow_batch_size_change=loader.allow_batch_size_change,
-                                   allow_domain_changes=loader.allow_domain_changes)
+                                   allow_domain_changes=loader.allow_domain_changes,
+                                   allow_data_growth=loader.allow_data_growth)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{LOADER_KEY}: {error}") from error
     if loader.max_seq_len is not None and loader.max_seq_len != mixer.seq_len:

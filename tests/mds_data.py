@@ -2,17 +2,20 @@
 
 Sample ``i`` of a domain with code ``c`` holds ``tokens = [c, i % 1000, i // 1000, 0, …]``, so a test can
 check that what the mixer read is the sample it says it read. Written with mosaicml-streaming's MDSWriter in
-the layout ``pike-stream convert`` produces (zstd, hashes, ``manifest.json`` beside ``index.json``).
+the layout ``pike-stream convert`` produces (zstd, hashes, ``manifest.json`` with the converters' fingerprint
+beside ``index.json``): the first ``n`` samples of a domain are the same whatever its size, so a domain written
+again with more samples (a multiple of ``samples_per_shard`` before) has the old shards as a prefix.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 from streaming import MDSWriter
+
+from converters.manifest import fingerprint, index_shards
 
 __all__ = ["write_domain", "write_domains", "decode_ids"]
 
@@ -37,11 +40,12 @@ def write_domain(out: str, name: str, num_samples: int, *, code: int = 0, seq_le
             writer.write({"tokens": tokens})
     with open(os.path.join(out, "index.json")) as f:
         index = json.load(f)
-    shards = [shard["zip_data"]["basename"] for shard in index["shards"]]
-    fingerprint = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
+    shards, hashes = index_shards(index, out)
+    tokenizer = {"kind": "synthetic"}
     manifest = {"format": "pike_stream.domain", "version": 1, "domain": name, "documents": num_samples,
                 "tokens": num_samples * seq_len, "samples": num_samples, "seq_len": seq_len, "dtype": "uint16",
-                "tokenizer": {"kind": "synthetic"}, "shards": shards, "fingerprint": fingerprint}
+                "tokenizer": tokenizer, "shards": shards,
+                "fingerprint": fingerprint(seq_len, "uint16", tokenizer, hashes)}
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return out

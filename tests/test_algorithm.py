@@ -27,10 +27,10 @@ import pike_stream.controller as controller_module
 from pike_stream import Domain, PiKE, PiKEStreamingMixer
 from pike_stream.algorithm import find_mixer
 from pike_stream.controller import CONFLICT_MIN_UPDATES, MixingController
-from pike_stream.mixing import STRATEGIES, get_strategy
-from pike_stream.mixing.apportion import apportion
-from pike_stream.mixing.static import random_domain
 from pike_stream.probe import causal_lm_per_sample_loss
+from pike_stream.strategies import STRATEGIES, get_strategy
+from pike_stream.strategies.apportion import apportion
+from pike_stream.strategies.static import random_domain
 
 SIZES = {"web": 200, "code": 120, "math": 80}
 NAMES = list(SIZES)

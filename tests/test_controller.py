@@ -14,8 +14,8 @@ from pike_stream.controller import (
     MixingController,
     min_cosine,
 )
-from pike_stream.mixing import get_strategy
 from pike_stream.probe import ProbeResult
+from pike_stream.strategies import get_strategy
 
 NAMES = ["web", "code", "math"]
 B = 12

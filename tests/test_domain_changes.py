@@ -16,7 +16,7 @@ import pytest
 
 from pike_stream import Domain, MixerStateError, PiKEStreamingMixer
 from pike_stream.controller import MixingController
-from pike_stream.mixing import get_strategy
+from pike_stream.strategies import get_strategy
 from tests.in_process import fit
 from tests.mds_data import write_domain, write_domains
 from tests.test_mixer import SIZES, run

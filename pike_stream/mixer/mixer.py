@@ -3,7 +3,7 @@
 The global batch at step t is a pure function of (seed, the domains' data, global batch size, the weights
 in force at each step up to t) — the mixer invariants listed in the README ("The mixer"):
 
-    counts_t, carry ← apportion(weights_t, B_t, carry)     # mixing/apportion.py: integer counts, error carried
+    counts_t, carry ← apportion(weights_t, B_t, carry)     # strategies/apportion.py: integer counts, error carried
     for each domain k:  ids_k ← order_k[consumed_k : consumed_k + counts_t[k]]     # order.py, per domain epoch
     global batch t  = concat_k [(k, id) for id in ids_k]    # domain-major
     this rank's part = global batch t [rank :: world_size]  # equal, disjoint, same union for any world size
@@ -43,13 +43,14 @@ from streaming.base.shuffle import algos as SHUFFLE_ALGOS
 from streaming.base.util import bytes_to_int
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from converters.manifest import fingerprint as manifest_fingerprint
 from pike_stream.mixer.batch_size import BatchRamp, batch_size_at
 from pike_stream.mixer.domain import Domain, DomainSource
 from pike_stream.mixer.order import DomainOrder, domain_seed
 from pike_stream.mixer.shards import ShardCache
 from pike_stream.mixer.state import MixerState, MixerStateError
-from pike_stream.mixing.apportion import apportion
-from pike_stream.mixing.checks import check_domain_weights
+from pike_stream.strategies.apportion import apportion
+from pike_stream.strategies.checks import check_domain_weights
 
 __all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size"]
 
@@ -87,6 +88,9 @@ class PiKEStreamingMixer(IterableDataset):
         allow_domain_changes: let :meth:`load_state_dict` resume a state saved with other domains: a domain the
             state lacks is added (a new one at cursor 0; one retired earlier where it stopped) at its share of
             ``weights``; a domain of the state missing here is retired, its cursor kept in the state.
+        allow_data_growth: let :meth:`load_state_dict` resume a state saved when a domain had fewer shards: its
+            saved fingerprint must be that of its first shards (shards were appended, none changed). The domain
+            epoch in progress keeps its order; the new samples start in the next one (logged as a warning).
 
     Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
     ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
@@ -99,7 +103,8 @@ class PiKEStreamingMixer(IterableDataset):
                  world_size: int | None = None, *, shuffle_algo: str = "py1e", shuffle_block_size: int = 1 << 18,
                  read_ahead: int = 2, read_ahead_workers: int = 4, cache_limit: int | str | None = None,
                  retry_seconds: float = 120.0, batch_ramp: BatchRamp | None = None,
-                 allow_batch_size_change: bool = False, allow_domain_changes: bool = False) -> None:
+                 allow_batch_size_change: bool = False, allow_domain_changes: bool = False,
+                 allow_data_growth: bool = False) -> None:
         super().__init__()
         rank, world_size = _resolve_rank(rank, world_size)
         _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
@@ -116,6 +121,7 @@ class PiKEStreamingMixer(IterableDataset):
         self.batch_ramp = batch_ramp
         self.allow_batch_size_change = bool(allow_batch_size_change)
         self.allow_domain_changes = bool(allow_domain_changes)
+        self.allow_data_growth = bool(allow_data_growth)
         self.seed = int(seed)
         self.rank, self.world_size = rank, world_size
         self.read_ahead = read_ahead
@@ -364,8 +370,25 @@ class PiKEStreamingMixer(IterableDataset):
                                            seed=self.seed, shuffle=self._shuffle,
                                            allow_batch_size_change=self.allow_batch_size_change,
                                            allow_domain_changes=self.allow_domain_changes,
-                                           initial_weights=self._initial_weights)
+                                           initial_weights=self._initial_weights,
+                                           shard_sizes=[s.shard_sizes for s in self.sources],
+                                           prefix_shards=self._prefix_shards if self.allow_data_growth else None)
+        for k, source in enumerate(self.sources):
+            try:
+                self.orders[k].set_grown(self._state.grown[k])
+                self.probe_orders[k].set_grown(self._state.probe_grown[k])
+            except ValueError as error:
+                raise MixerStateError(f"malformed mixer state: domains.{source.name}: {error}") from None
         self._history.clear()
+        for k, source in enumerate(self.sources):
+            entry = obj.get("domains", {}).get(source.name) or obj.get("retired", {}).get(source.name) or {}
+            if entry.get("fingerprint", source.fingerprint) != source.fingerprint:
+                shards = self._prefix_shards(k, entry["fingerprint"])
+                boundary = self._state.grown[k][-1][1] if self._state.grown[k] else 0
+                log.warning("PiKEStreamingMixer: domain %r grew from %s to %d shards (%d samples), as "
+                            "allow_data_growth permits; its new samples start at position %d of its order "
+                            "(domain epoch %d)", source.name, shards, len(source.shards), source.num_samples,
+                            boundary, self.orders[k].epoch_of(boundary))
         saved = list(obj.get("domains", {}))
         added = [n for n in self.domain_names if n not in saved]
         if added or len(saved) != len(self.domain_names):
@@ -383,6 +406,22 @@ class PiKEStreamingMixer(IterableDataset):
                         None if self.batch_ramp is None else self.batch_ramp.to_dict())
         log.info("PiKEStreamingMixer resumed at step %d: consumed %s, weights %s", self._state.step,
                  self.consumed, {n: round(w, 4) for n, w in self.weights.items()})
+
+
+    def _prefix_shards(self, k: int, fingerprint: str) -> int | None:
+        """The ``n`` < all for which ``fingerprint`` is domain ``k``'s fingerprint of its first ``n`` shards."""
+        source = self.sources[k]
+        manifest = source.manifest
+        if not {"dtype", "tokenizer"} <= set(manifest):
+            return None
+        hashes = [shard.file_pairs[0][0].hashes.get("sha1") for shard in source.shards]
+        for n in range(1, len(hashes)):
+            if None in hashes[:n]:
+                return None
+            if manifest_fingerprint(source.seq_len, manifest["dtype"], manifest["tokenizer"],
+                                    hashes[:n]) == fingerprint:  # type: ignore[arg-type]
+                return n
+        return None
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

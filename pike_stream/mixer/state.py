@@ -7,24 +7,30 @@ be the same (seed, shuffle, global batch size, each domain's manifest fingerprin
 batch-size ramp (an older state was made with one fixed batch size) and the retired domains: a domain left
 out of a resumed run (with ``allow_domain_changes``) keeps its entry there, so adding it back continues its
 order where it stopped. The samples composed so far, which decide the next batch size and match Composer's
-sample count, are the sum of all cursors, retired ones included.
+sample count, are the sum of all cursors, retired ones included. Version 4 adds, per domain, the segments of a
+domain whose data grew (``grown`` for the training order, ``probe_grown`` for the probe order; see
+:mod:`pike_stream.mixer.order`): a resume with ``allow_data_growth`` accepts a domain whose saved fingerprint is
+that of a prefix of its shards, and its new samples start at the next epoch boundary of each order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pike_stream.mixer.batch_size import BatchRamp
-from pike_stream.mixing.simplex import with_added
+from pike_stream.strategies.simplex import with_added
 
 __all__ = ["MixerState", "MixerStateError", "STATE_FORMAT", "STATE_VERSION"]
 
 STATE_FORMAT = "pike_stream.mixer"
-STATE_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+STATE_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
+Segments = list[tuple[int, int]]
+"""A grown domain's earlier sizes: ``(shards, until)`` per segment (:meth:`DomainOrder.set_grown`)."""
 
 
 class MixerStateError(ValueError):
@@ -41,6 +47,13 @@ class MixerState:
     weights: np.ndarray   # [K] float64: the weights that will compose batch ``step``
     probed: np.ndarray    # [K] int64: samples drawn from each domain's probe order so far (its probe cursor)
     retired: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → its entry when it left the run
+    grown: list[Segments] = field(default_factory=list)  # [K] earlier sizes of the training order (empty: none)
+    probe_grown: list[Segments] = field(default_factory=list)  # [K] the same for the probe order
+
+    def __post_init__(self) -> None:
+        k = len(self.consumed)
+        self.grown = self.grown or [[] for _ in range(k)]
+        self.probe_grown = self.probe_grown or [[] for _ in range(k)]
 
     @property
     def samples(self) -> int:
@@ -49,7 +62,8 @@ class MixerState:
 
     def copy(self) -> MixerState:
         return MixerState(self.step, self.consumed.copy(), self.carry.copy(), self.weights.copy(),
-                          self.probed.copy(), {name: dict(entry) for name, entry in self.retired.items()})
+                          self.probed.copy(), {name: dict(entry) for name, entry in self.retired.items()},
+                          [list(g) for g in self.grown], [list(g) for g in self.probe_grown])
 
     def to_dict(self, *, names: list[str], fingerprints: list[str], global_batch_size: int,
                 ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +79,9 @@ class MixerState:
             "domains": {
                 name: {"consumed": int(self.consumed[k]), "carry": float(self.carry[k]),
                        "weight": float(self.weights[k]), "probed": int(self.probed[k]),
-                       "fingerprint": fingerprints[k]}
+                       "fingerprint": fingerprints[k],
+                       "grown": [[int(n), int(u)] for n, u in self.grown[k]],
+                       "probe_grown": [[int(n), int(u)] for n, u in self.probe_grown[k]]}
                 for k, name in enumerate(names)
             },
             "retired": {name: dict(entry) for name, entry in self.retired.items()},
@@ -75,7 +91,9 @@ class MixerState:
     def from_dict(cls, obj: Any, *, names: list[str], fingerprints: list[str], global_batch_size: int,
                   ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any],
                   allow_batch_size_change: bool = False, allow_domain_changes: bool = False,
-                  initial_weights: np.ndarray | None = None) -> MixerState:
+                  initial_weights: np.ndarray | None = None,
+                  shard_sizes: Sequence[np.ndarray] | None = None,
+                  prefix_shards: Callable[[int, str], int | None] | None = None) -> MixerState:
         """Check a saved state against this mixer's settings and data, then load it.
 
         A different global batch size or ramp is refused unless ``allow_batch_size_change``: then the
@@ -87,6 +105,11 @@ class MixerState:
         (new or back) take their share of ``initial_weights`` (this run's initial mixture); the continuing
         domains keep their saved proportions in the rest; every carry restarts at 0, so the fidelity bound
         counts from the change.
+
+        A domain whose fingerprint differs is refused, unless ``prefix_shards`` (given with ``allow_data_growth``)
+        finds the saved fingerprint to be that of the domain's first ``n`` shards: its data grew. Then each of
+        its two orders keeps the saved size up to its next epoch boundary and walks every shard from there
+        (segments in :attr:`grown` and :attr:`probe_grown`; ``shard_sizes`` gives each domain's shard sizes).
 
         A malformed state (a field missing or of the wrong type, e.g. a hand-edited or truncated checkpoint)
         is a :class:`MixerStateError` naming the field (``domains.en.consumed``), never a bare KeyError.
@@ -134,23 +157,57 @@ class MixerState:
 
         saved_fingerprints = column("fingerprint", str)
         changed = [n for n, fp in zip(names, fingerprints) if n in known and saved_fingerprints[n] != fp]
-        if changed:
-            raise MixerStateError(f"the data of domain(s) {changed} changed since the checkpoint (manifest "
-                                  f"fingerprint differs); resuming would not reproduce the run")
+        prefix = {n: prefix_shards(names.index(n), saved_fingerprints[n]) for n in changed} if prefix_shards else {}
+        if [n for n in changed if prefix.get(n) is None]:
+            raise MixerStateError(
+                f"the data of domain(s) {[n for n in changed if prefix.get(n) is None]} changed since the checkpoint "
+                f"(manifest fingerprint differs"
+                + ("; the saved data is not a prefix of the shards either" if prefix_shards else "")
+                + "); resuming would not reproduce the run"
+                + ("" if prefix_shards else " (a domain whose shards were appended to: allow_data_growth)"))
         consumed, probed = column("consumed", int), column("probed", int, default=0)
         carry, weight = column("carry", float), column("weight", float)
+        grown = {n: _segments(pool[n], "grown", n) for n in known}
+        probe_grown = {n: _segments(pool[n], "probe_grown", n) for n in known}
         state = cls(step=_field(obj, "step", int),
                     consumed=np.array([consumed.get(n, 0) for n in names], dtype=np.int64),
                     carry=np.array([carry.get(n, 0.0) for n in names], dtype=np.float64),
                     weights=np.array([weight.get(n, 0.0) for n in names], dtype=np.float64),
                     probed=np.array([probed.get(n, 0) for n in names], dtype=np.int64),
-                    retired={n: dict(entry) for n, entry in pool.items() if n not in names})
+                    retired={n: dict(entry) for n, entry in pool.items() if n not in names},
+                    grown=[grown.get(n, []) for n in names], probe_grown=[probe_grown.get(n, []) for n in names])
+        for n, shards in prefix.items():
+            k = names.index(n)
+            assert shards is not None and shard_sizes is not None
+            size = int(np.asarray(shard_sizes[k])[:shards].sum())
+            state.grown[k] = grown_segments(state.grown[k], shards, size, int(state.consumed[k]))
+            state.probe_grown[k] = grown_segments(state.probe_grown[k], shards, size, int(state.probed[k]))
         if set(saved) != set(names):
             share = np.ones(len(names)) if initial_weights is None else initial_weights
             state.weights = with_added(state.weights, np.array([n not in saved for n in names]), share)
             state.carry[:] = 0.0
         _check_values(state, names)
         return state
+
+
+def grown_segments(segments: Segments, shards: int, size: int, cursor: int) -> Segments:
+    """The segments of an order whose data grew from ``shards`` shards (``size`` samples an epoch) to more, at
+    ``cursor``: the saved size runs on to its next epoch boundary (none if the cursor has not left the earlier
+    segments, or has drawn nothing from the current one), then every shard."""
+    start = segments[-1][1] if segments else 0
+    if cursor <= start:
+        return list(segments)
+    return [*segments, (shards, start + -(-(cursor - start) // size) * size)]
+
+
+def _segments(entry: dict[str, Any], key: str, name: str) -> Segments:
+    value = entry.get(key, [])
+    if not (isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 and
+                                            all(isinstance(x, int) and not isinstance(x, bool) for x in p)
+                                            for p in value)):
+        raise MixerStateError(f"malformed mixer state: field domains.{name}.{key} must be a list of "
+                              f"[shards, until] pairs, got {value!r}")
+    return [(int(n), int(u)) for n, u in value]
 
 
 def _saved_ramp(obj: dict[str, Any]) -> BatchRamp | None:

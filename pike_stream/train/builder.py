@@ -343,7 +343,8 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
                                read_ahead_workers=cfg.train_loader.read_ahead_workers,
                                cache_limit=cfg.train_loader.cache_limit, batch_ramp=cfg.batch_ramp,
                                allow_batch_size_change=cfg.train_loader.allow_batch_size_change,
-                               allow_domain_changes=cfg.train_loader.allow_domain_changes)
+                               allow_domain_changes=cfg.train_loader.allow_domain_changes,
+                               allow_data_growth=cfg.train_loader.allow_data_growth)
     _check_data(cfg, mixer)
     for source in mixer.sources:
         log.info("domain %r: %d samples (%d tokens) in %d shards at %s", source.name, source.num_samples,

@@ -34,8 +34,8 @@ from pike_stream.controller import (
     DEFAULT_UPDATE_INTERVAL,
 )
 from pike_stream.mixer.batch_size import BatchRamp, steps_for_samples
-from pike_stream.mixing import STRATEGIES
-from pike_stream.mixing.checks import check_domain_weights
+from pike_stream.strategies import STRATEGIES
+from pike_stream.strategies.checks import check_domain_weights
 
 __all__ = [
     "AlgorithmsConfig",
@@ -134,6 +134,8 @@ class TrainLoaderConfig:
     or ``rampup_batch_size``: the batches from the checkpoint's step on take this run's sizes.
     ``allow_domain_changes`` resumes a checkpoint made with other ``domains``: new ones start at their share of
     ``weights`` (or uniform), missing ones are retired with their place kept, so adding one back continues it.
+    ``allow_data_growth`` resumes a checkpoint made when a domain had fewer shards (shards appended, none
+    changed): its new samples start in its next domain epoch.
     """
 
     domains: list[DomainConfig]
@@ -144,6 +146,7 @@ class TrainLoaderConfig:
     shuffle_algo: str = "py1e"
     allow_batch_size_change: bool = False
     allow_domain_changes: bool = False
+    allow_data_growth: bool = False
 
 
 @dataclass(kw_only=True)

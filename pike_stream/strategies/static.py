@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pike_stream.mixing.checks import check_non_negative_int, check_num_domains, check_sizes, check_step
-from pike_stream.mixing.simplex import log_normalize
+from pike_stream.strategies.checks import check_non_negative_int, check_num_domains, check_sizes, check_step
+from pike_stream.strategies.simplex import log_normalize
 
 __all__ = [
     "one_hot",

@@ -6,7 +6,7 @@ Every T0 steps, with fresh estimates ``G_k ≈ ‖∇L_k‖²`` and ``S_k ≈ σ
 
 A domain whose full gradient is large gains weight (sampling it lowers the loss fastest); a domain whose
 per-sample gradients are noisy loses weight (its samples mostly add variance). One step rather than the
-jump to the optimum of the conceptual QP (:mod:`pike_stream.mixing.conceptual`) keeps the mixture — and
+jump to the optimum of the conceptual QP (:mod:`pike_stream.strategies.conceptual`) keeps the mixture — and
 Adam's moment estimates — from swinging.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pike_stream.mixing.checks import check_batch_size
-from pike_stream.mixing.simplex import apply_floor, check_weights, log_normalize
-from pike_stream.mixing.stats import as_statistic
+from pike_stream.strategies.checks import check_batch_size
+from pike_stream.strategies.simplex import apply_floor, check_weights, log_normalize
+from pike_stream.strategies.stats import as_statistic
 
 __all__ = ["multiplicative_update", "pike_exponents", "pike_step"]
 
@@ -106,7 +106,7 @@ def pike_step(
         batch_size: the global batch size ``b``.
         zeta1: step size of the gradient term, > 0.
         zeta2: step size of the variance term, ≥ 0 (0 drops the variance term).
-        min_weight: floor ``m`` applied after the step (:func:`~pike_stream.mixing.simplex.apply_floor`);
+        min_weight: floor ``m`` applied after the step (:func:`~pike_stream.strategies.simplex.apply_floor`);
             requires ``K·m < 1``.
         normalize: rescale G and S by a common scale first (:func:`pike_exponents`).
 

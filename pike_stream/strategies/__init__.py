@@ -6,20 +6,20 @@ Nothing here knows where the statistics come from or where the weights go: no to
 
 from __future__ import annotations
 
-from pike_stream.mixing.apportion import apportion
-from pike_stream.mixing.balanced import balanced_dual_weights, balanced_pike_step
-from pike_stream.mixing.conceptual import conceptual_pike_weights, separable_qp_weights
-from pike_stream.mixing.pike import multiplicative_update, pike_exponents, pike_step
-from pike_stream.mixing.simplex import apply_floor, check_weights, pull_toward, with_added
-from pike_stream.mixing.static import (
+from pike_stream.strategies.apportion import apportion
+from pike_stream.strategies.balanced import balanced_dual_weights, balanced_pike_step
+from pike_stream.strategies.conceptual import conceptual_pike_weights, separable_qp_weights
+from pike_stream.strategies.pike import multiplicative_update, pike_exponents, pike_step
+from pike_stream.strategies.registry import STRATEGIES, Strategy, get_strategy
+from pike_stream.strategies.simplex import apply_floor, check_weights, pull_toward, with_added
+from pike_stream.strategies.static import (
     proportional_weights,
     random_weights,
     round_robin_weights,
     temperature_weights,
     uniform_weights,
 )
-from pike_stream.mixing.stats import DomainStats
-from pike_stream.mixing.strategies import STRATEGIES, Strategy, get_strategy
+from pike_stream.strategies.stats import DomainStats
 
 __all__ = [
     "STRATEGIES",

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pike_stream.mixing import (
+from pike_stream.strategies import (
     STRATEGIES,
     DomainStats,
     Strategy,
@@ -30,7 +30,7 @@ from pike_stream.mixing import (
     temperature_weights,
     uniform_weights,
 )
-from pike_stream.mixing.static import random_domain
+from pike_stream.strategies.static import random_domain
 
 SUM_ATOL = 1e-12
 

@@ -27,19 +27,19 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from pike_stream.mixing.balanced import balanced_pike_step
-from pike_stream.mixing.checks import check_batch_size, check_sizes, check_step
-from pike_stream.mixing.conceptual import conceptual_pike_weights
-from pike_stream.mixing.pike import pike_step
-from pike_stream.mixing.simplex import apply_floor, check_weights
-from pike_stream.mixing.static import (
+from pike_stream.strategies.balanced import balanced_pike_step
+from pike_stream.strategies.checks import check_batch_size, check_sizes, check_step
+from pike_stream.strategies.conceptual import conceptual_pike_weights
+from pike_stream.strategies.pike import pike_step
+from pike_stream.strategies.simplex import apply_floor, check_weights
+from pike_stream.strategies.static import (
     proportional_weights,
     random_weights,
     round_robin_weights,
     temperature_weights,
     uniform_weights,
 )
-from pike_stream.mixing.stats import DomainStats
+from pike_stream.strategies.stats import DomainStats
 
 __all__ = [
     "STRATEGIES",
@@ -224,7 +224,7 @@ class RandomStrategy:
 
 @dataclass(frozen=True, kw_only=True)
 class PiKEStrategy:
-    """Practical PiKE: a multiplicative step on every statistics refresh (:func:`~pike_stream.mixing.pike.pike_step`).
+    """Practical PiKE: a multiplicative step on every statistics refresh (:func:`.pike.pike_step`).
 
     Options (defaults from the benchmark's sweep, see the module docstring):
         zeta1: step size of the gradient term ``ζ1`` > 0.
@@ -269,7 +269,7 @@ class PiKEStrategy:
 
 @dataclass(frozen=True, kw_only=True)
 class BalancedPiKEStrategy(PiKEStrategy):
-    """Balanced-PiKE: PiKE on the tilted objective (:func:`~pike_stream.mixing.balanced.balanced_pike_step`).
+    """Balanced-PiKE: PiKE on the tilted objective (:func:`~pike_stream.strategies.balanced.balanced_pike_step`).
 
     Options: those of :class:`PiKEStrategy` plus ``tau`` > 0, the tilt (τ → 0: plain PiKE; large τ: the
     highest-loss domain dominates; the paper recommends 1–3).
@@ -304,7 +304,7 @@ class BalancedPiKEStrategy(PiKEStrategy):
 @dataclass(frozen=True, kw_only=True)
 class ConceptualPiKEStrategy:
     """Conceptual PiKE: on every refresh, jump to the optimum of the bound's QP
-    (:func:`~pike_stream.mixing.conceptual.conceptual_pike_weights`).
+    (:func:`~pike_stream.strategies.conceptual.conceptual_pike_weights`).
 
     Domains without estimates keep their weight; the others share the rest by the QP. The constants are the
     paper's: the weights depend on the gradient scale through them (no normalisation).

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pike_stream.mixing.pike import pike_step
-from pike_stream.mixing.simplex import log_normalize
-from pike_stream.mixing.stats import as_statistic
+from pike_stream.strategies.pike import pike_step
+from pike_stream.strategies.simplex import log_normalize
+from pike_stream.strategies.stats import as_statistic
 
 __all__ = ["balanced_dual_weights", "balanced_pike_step"]
 
@@ -56,7 +56,7 @@ def balanced_pike_step(
     min_weight: float = 0.0,
     normalize: bool = True,
 ) -> np.ndarray:
-    """One Balanced-PiKE update: :func:`~pike_stream.mixing.pike.pike_step` with ``y_k·G_k`` and ``S_k``.
+    """One Balanced-PiKE update: :func:`~pike_stream.strategies.pike.pike_step` with ``y_k·G_k`` and ``S_k``.
 
         y = K·softmax(τ·L),   w_k ← w_k · exp(ζ1·y_k·G_k − (ζ2/2b)·S_k),   w ← w/‖w‖₁,   floor
 

@@ -6,7 +6,7 @@ mixture solves a separable quadratic program on the simplex:
     min_{w ∈ Δ_K}  Σ_k λ_k·w_k + ½·κ_k·w_k²,   λ_k = −ηβ·‖∇L_k‖² + (Lη²/2b)·σ_k²,   κ_k = Lη²γ·‖∇L_k‖²
 
 Its KKT conditions (multiplier μ for Σ w = 1, ν_k ≥ 0 for w_k ≥ 0) give ``w_k* = max(0, −(μ + λ_k)/κ_k)``.
-Practical PiKE (:mod:`pike_stream.mixing.pike`) only steps towards this point; jumping to it each refresh
+Practical PiKE (:mod:`pike_stream.strategies.pike`) only steps towards this point; jumping to it each refresh
 is the "conceptual" algorithm, kept as a baseline and as a check on the practical one.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pike_stream.mixing.checks import check_batch_size
-from pike_stream.mixing.stats import as_statistic
+from pike_stream.strategies.checks import check_batch_size
+from pike_stream.strategies.stats import as_statistic
 
 __all__ = ["conceptual_pike_weights", "separable_qp_weights"]
 
