@@ -4,9 +4,9 @@
     python bench/bench_corpora.py --multilingual MULTI/mds --unequal UNEQUAL/mds --work RUNS [--jobs 2]
     python bench/bench_corpora.py --report-only
 
-The same model, batches (64 × 64 tokens), optimizer, schedule and evaluation as ``bench/bench_headroom.py``;
-nothing is tuned here: every adaptive arm runs the library's defaults (chosen on the headroom corpus's
-tuning seed). Arms: uniform, pike, balanced_pike (τ = 1), and on the unequal corpus also proportional
+The same model, batches (64 × 64 tokens), optimizer, schedule and evaluation as ``bench/bench_headroom.py``
+(``bench/runs.py``); nothing is tuned here: every adaptive arm runs the library's defaults (chosen on the
+headroom corpus's tuning seed). Arms: uniform, pike, balanced_pike (τ = 1), and on the unequal corpus also proportional
 (size-based mixing, the usual default when domains differ in size). Scores: the validation loss averaged over
 all domains (PiKE's objective) and the worst domain's (Balanced-PiKE's), paired per seed against uniform.
 
@@ -27,16 +27,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-from bench_headroom import (  # noqa: E402
-    RESULTS,
-    add_common_arguments,
-    final_losses,
-    fmt_spread,
-    run_one,
-    run_pool,
-    shipped_defaults,
-)
 from corpora import CORPORA  # noqa: E402
+from curves import final_losses, fmt_spread  # noqa: E402
+from runs import RESULTS, add_common_arguments, run_one, run_pool, shipped_defaults  # noqa: E402
 
 __all__ = ["analyse", "main", "write_report"]
 

@@ -36,37 +36,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
-import shutil
 import sys
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-
-__all__ = ["analyse", "build_config", "fill_cache", "main", "plot_curves_and_weights", "run_one", "static_grid",
-           "write_report"]
-
-RESULTS = Path(ROOT) / "bench" / "results"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corpora import CORPORA  # noqa: E402
+from curves import (  # noqa: E402
+    avg_curve,
+    final_losses,
+    fmt_spread,
+    per_domain_and_goal_lines,
+    plot_curves_and_weights,
+    steps_to_reach,
+)
+from runs import (  # noqa: E402
+    BATCH,
+    EVAL_BATCH_SIZE,
+    EVAL_BATCHES,
+    RESULTS,
+    SEQ_LEN,
+    add_common_arguments,
+    fill_cache,
+    run_one,
+    run_pool,
+    shipped_defaults,
+)
+
+__all__ = ["analyse", "main", "static_grid", "write_report"]
 
 DOMAINS = CORPORA["headroom"]
-SEQ_LEN = 64
-BATCH = 64
-EVAL_BATCHES = 8
-EVAL_BATCH_SIZE = 16
 ORACLE_PROBE = 64
-LR = 3.0e-3
-"""AdamW's peak learning rate; a run's spec may set another (``"lr"``), as ``bench/bench_spread.py`` does."""
 GRID_SHARES = (0.05, 0.15, 0.25)
 # PiKE's sweep on the tuning seed. Every entry is complete (no hidden defaults), so the chosen one can be
 # written into the library as it is.
@@ -113,176 +117,29 @@ def static_grid() -> list[dict[str, float]]:
     return grid
 
 
-def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval_every: int, eval_split: str,
-                 pike: dict[str, Any], weights: dict[str, float] | None = None,
-                 domain_names: tuple[str, ...] = DOMAINS, lr: float = LR) -> Any:
-    """One run's :class:`~pike_stream.train.config.TrainConfig`: local MDS folders, evaluation of every domain
-    on the first batches of ``eval_split`` every ``eval_every`` steps, no checkpoints."""
-    from pike_stream.train.config import config_from_dict
-
-    def domains(split: str) -> list[dict[str, str]]:
-        return [{"name": d, "local": os.path.join(data, d), "split": split} for d in domain_names]
-
-    train_loader: dict[str, Any] = {"domains": domains("train"), "read_ahead": 2}
-    if weights is not None:
-        train_loader["weights"] = weights
-    return config_from_dict({
-        "run_name": name,
-        "seed": seed,
-        "max_seq_len": SEQ_LEN,
-        "global_train_batch_size": BATCH,
-        "device_train_microbatch_size": BATCH,
-        "max_duration": f"{steps}ba",
-        "eval_interval": f"{eval_every}ba",
-        "model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 258},
-        "optimizer": {"name": "decoupled_adamw", "lr": lr, "betas": [0.9, 0.95], "weight_decay": 0.0},
-        "scheduler": {"name": "cosine_with_warmup", "t_warmup": "20ba", "alpha_f": 0.1},
-        "train_loader": train_loader,
-        "eval_loader": {"device_batch_size": EVAL_BATCH_SIZE, "max_batches": EVAL_BATCHES,
-                        "domains": domains(eval_split)},
-        "algorithms": {"pike": pike},
-        "loggers": {"progress_bar": False, "console": False},
-        "run_folder": os.path.join(work, name),
-    })
 
 
-def summarize(records: list[dict[str, Any]], domain_names: tuple[str, ...] = DOMAINS) -> dict[str, Any]:
-    """Per-domain eval curves, the weights of every step and PiKE's statistics from ``metrics.jsonl``."""
-    val: dict[int, dict[str, float]] = {}
-    weights: dict[int, list[float]] = {}
-    stats: dict[int, dict[str, Any]] = {}
-    probe_seconds = []
-    for r in records:
-        step = int(r["step"])
-        for d in domain_names:
-            if f"metrics/{d}/LanguageCrossEntropy" in r:
-                val.setdefault(step, {})[d] = float(r[f"metrics/{d}/LanguageCrossEntropy"])
-        if f"pike/weight/{domain_names[0]}" in r:
-            weights[step] = [float(r[f"pike/weight/{d}"]) for d in domain_names]
-        if "pike/updates" in r:
-            stats[step] = {stat: [r.get(f"pike/{stat}/{d}") for d in domain_names]
-                           for stat in ("grad_sq", "variance", "loss")}
-            stats[step]["cosine"] = {k.split("/", 2)[2]: v for k, v in r.items() if k.startswith("pike/cosine/")}
-            stats[step]["min_cosine"] = r.get("pike/min_cosine")
-        if "pike/probe_seconds" in r:
-            probe_seconds.append(float(r["pike/probe_seconds"]))
-    eval_steps = sorted(s for s in val if len(val[s]) == len(domain_names))
-    return {
-        "eval_steps": eval_steps,
-        "val_loss": {d: [val[s][d] for s in eval_steps] for d in domain_names},
-        "weight_steps": sorted(weights),
-        "weights": [weights[s] for s in sorted(weights)],
-        "stats_steps": sorted(stats),
-        "stats": [stats[s] for s in sorted(stats)],
-        "probe_seconds": float(np.sum(probe_seconds)),
-    }
 
 
-def run_one(spec: dict[str, Any], data: str, work: str, steps: int, eval_every: int,
-            domain_names: tuple[str, ...] = DOMAINS) -> dict[str, Any]:
-    """Train one run (or load its finished result from ``work``) and return its spec and curves."""
-    cached = Path(work) / f"{spec['name']}.json"
-    if cached.exists():
-        result = json.loads(cached.read_text())
-        if result.get("spec") == spec and result.get("steps") == steps:
-            return result
-    from pike_stream.train.builder import build_trainer
-    from pike_stream.train.records import read_metrics
-
-    cfg = build_config(name=spec["name"], data=data, work=work, seed=spec["seed"], steps=steps,
-                       eval_every=eval_every, eval_split=spec["eval_split"], pike=spec["pike"],
-                       weights=spec.get("weights"), domain_names=domain_names, lr=spec.get("lr", LR))
-    # A run that is not cached (or was made with another spec) starts from an empty run folder.
-    shutil.rmtree(cfg.resolved_run_folder, ignore_errors=True)
-    start = time.perf_counter()
-    trainer = build_trainer(cfg)
-    trainer.fit()
-    trainer.close()
-    wall = time.perf_counter() - start
-    result = {"spec": spec, "steps": steps, "wall_seconds": round(wall, 1),
-              **summarize(read_metrics(cfg.resolved_run_folder), domain_names)}
-    tmp = cached.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(cached)
-    final = final_losses(result)
-    print(f"[{spec['name']}] {wall:.0f} s, final avg {final[0]:.4f}, worst {final[1]:.4f}", flush=True)
-    return result
 
 
-def shipped_defaults() -> dict[str, Any]:
-    """The library's PiKE defaults, as the benchmarks record them."""
-    from pike_stream.controller import DEFAULT_EMA, DEFAULT_PROBE_SAMPLES, DEFAULT_PULL, DEFAULT_UPDATE_INTERVAL
-    from pike_stream.strategies import get_strategy
-
-    strategy = get_strategy("pike")
-    return {"probe_samples": DEFAULT_PROBE_SAMPLES, "update_interval": DEFAULT_UPDATE_INTERVAL, "ema": DEFAULT_EMA,
-            "pull": DEFAULT_PULL, "zeta1": strategy.zeta1, "zeta2": strategy.zeta2, "min_weight": strategy.min_weight,
-            "normalize": strategy.normalize}
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, work: str, seeds: str) -> None:
-    """The options every PiKE benchmark takes: run folder, length, seeds, parallel jobs, report-only, output."""
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), work))
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--eval-every", type=int, default=40)
-    parser.add_argument("--seeds", default=seeds, help="held-out seeds, comma-separated")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
-    parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--cache-from", metavar="JSON",
-                        help="a results JSON whose runs fill --work first (runs with the same spec are not rerun)")
 
 
-def fill_cache(work: str, results_json: str | None) -> str:
-    """Put the runs of an earlier results JSON into ``work`` as finished runs (:func:`run_one` reuses a run only
-    when its spec and steps are the same); returns the command-line suffix that says so."""
-    if not results_json:
-        return ""
-    previous = json.loads(Path(results_json).read_text())
-    for run in previous.get("grid", []) + previous.get("sweep", []) + previous.get("heldout", []):
-        (Path(work) / f"{run['spec']['name']}.json").write_text(json.dumps(run))
-    return f" --cache-from {results_json}"
 
 
-def run_pool(jobs: int) -> ProcessPoolExecutor:
-    """Worker processes for :func:`run_one`: spawned, quiet, one torch thread each."""
-    return ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
-                               mp_context=multiprocessing.get_context("spawn"))
 
 
-def _worker_init() -> None:
-    import logging
-
-    import torch
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------------------------- analysis
-def avg_curve(run: dict[str, Any]) -> np.ndarray:
-    """The validation loss averaged over all of the run's domains with equal weight, per evaluation."""
-    return np.mean(list(run["val_loss"].values()), axis=0)
 
 
-def worst_curve(run: dict[str, Any]) -> np.ndarray:
-    """The highest domain's validation loss, per evaluation."""
-    return np.max(list(run["val_loss"].values()), axis=0)
 
 
-def final_losses(run: dict[str, Any]) -> tuple[float, float]:
-    return float(avg_curve(run)[-1]), float(worst_curve(run)[-1])
 
 
-def steps_to_reach(steps: list[int], curve: np.ndarray, target: float) -> float | None:
-    """The first step where ``curve`` reaches ``target``, interpolated linearly (None: never)."""
-    for i, value in enumerate(curve):
-        if value <= target:
-            if i == 0:
-                return float(steps[0])
-            prev = curve[i - 1]
-            frac = (prev - target) / (prev - value) if prev != value else 1.0
-            return float(steps[i - 1] + frac * (steps[i] - steps[i - 1]))
-    return None
 
 
 def _paired(runs: dict[str, dict[int, dict[str, Any]]], arm: str, base: str, seeds: list[int], index: int
@@ -346,26 +203,8 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- report
-def fmt_spread(values: list[float]) -> str:
-    """``mean ± sd`` of paired differences (the value alone for one seed)."""
-    if len(values) < 2:
-        return f"{values[0]:+.4f}" if values else ""
-    return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
 
 
-def per_domain_and_goal_lines(result: dict[str, Any], arms: list[str], domains: tuple[str, ...],
-                              goals: dict[str, Any]) -> list[str]:
-    """The report's per-domain table (final validation loss, mean over the held-out seeds) and its goals."""
-    lines = ["", "Per-domain final validation loss, mean over the held-out seeds:", "",
-             "| arm | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
-    for arm in arms:
-        runs = [r for r in result["heldout"] if r["spec"]["arm"] == arm]
-        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([r['val_loss'][d][-1] for r in runs]):.3f}"
-                                                for d in domains) + " |")
-    lines += ["", "## Goals", ""]
-    for name, goal in goals.items():
-        lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
-    return lines
 
 
 def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
@@ -429,41 +268,6 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     plot_curves_and_weights(result, out / "headroom.png", DOMAINS, HELDOUT_ARMS)
 
 
-def plot_curves_and_weights(result: dict[str, Any], path: Path, domains: tuple[str, ...], arms: list[str]) -> None:
-    """Left: each arm's validation loss averaged over domains (mean over the held-out seeds); right: pike's
-    weights on every held-out seed. Shared by the headroom and noise reports."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    seeds = result["settings"]["seeds"]
-    runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for run in result["heldout"]:
-        runs.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
-    for i, arm in enumerate(a for a in arms if a in runs):
-        have = [s for s in seeds if s in runs[arm]]
-        if not have:
-            continue
-        curve = np.mean([avg_curve(runs[arm][s]) for s in have], axis=0)
-        axes[0].plot(runs[arm][have[0]]["eval_steps"], curve, marker="o", ms=3, color=f"C{i}", label=arm)
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("avg validation loss over domains")
-    axes[0].set_title("mean over the held-out seeds", fontsize=9)
-    axes[0].legend(fontsize=8)
-    for s in seeds:
-        run = runs.get("pike", {}).get(s)
-        if run and run["weights"]:
-            w = np.array(run["weights"])
-            for k, d in enumerate(domains):
-                axes[1].plot(run["weight_steps"], w[:, k], color=f"C{k}", alpha=0.7, label=d if s == seeds[0] else None)
-    axes[1].axhline(1 / len(domains), color="grey", ls=":", lw=1)
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("pike's weight (each held-out seed)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
 import bench_noise as bn  # noqa: E402
+import curves  # noqa: E402
+import runs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -47,7 +49,7 @@ def test_noise_benchmark_chose_on_the_tuning_seed_and_pike_ran_the_shipped_defau
                for r in result["grid"])
     assert all(r["spec"]["seed"] in result["settings"]["seeds"] and r["spec"]["eval_split"] == "val"
                for r in result["heldout"])
-    assert result["shipped_defaults"] == bh.shipped_defaults()  # still the library's defaults
+    assert result["shipped_defaults"] == runs.shipped_defaults()  # still the library's defaults
 
 
 def test_headroom_goals_follow_the_numbers() -> None:
@@ -63,7 +65,7 @@ def test_headroom_goals_follow_the_numbers() -> None:
     expected = all(g > 0 and c >= 0.5 for g, c in zip(gains, captured))
     assert goals["pike_captures_half_of_best_static_gain"]["met"] == expected
     # The tuning choice was made on the tuning seed only: the chosen settings are those of the best sweep run.
-    best = min(result["sweep"], key=lambda r: bh.final_losses(r)[0])
+    best = min(result["sweep"], key=lambda r: curves.final_losses(r)[0])
     assert result["chosen_pike"] == best["spec"]["pike"]
     assert all(r["spec"]["seed"] == result["settings"]["tune_seed"] and r["spec"]["eval_split"] == "train"
                for r in result["grid"] + result["sweep"])
@@ -80,6 +82,6 @@ def test_static_grid_is_on_the_simplex_and_holds_uniform() -> None:
 
 def test_steps_to_reach_interpolates_between_evaluations() -> None:
     steps = [40, 80, 120]
-    assert bh.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 2.5) == pytest.approx(60.0)
-    assert bh.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 3.5) == pytest.approx(40.0)
-    assert bh.steps_to_reach(steps, np.array([3.0, 2.0, 1.5]), 1.0) is None
+    assert curves.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 2.5) == pytest.approx(60.0)
+    assert curves.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 3.5) == pytest.approx(40.0)
+    assert curves.steps_to_reach(steps, np.array([3.0, 2.0, 1.5]), 1.0) is None
