@@ -56,11 +56,11 @@ lint: install
 
 test: lint install-foundry
 	$(BIN)/python -m pytest -q
-	$(FBIN)/python -m pytest -q tests/test_foundry.py
+	$(FBIN)/python -m pytest -q tests/test_foundry.py tests/test_wandb.py
 
 # The plug-in's test alone: llm-foundry's train command with the mixer and PiKE, killed and resumed (~3 min).
 test-foundry: install-foundry
-	$(FBIN)/python -m pytest -q tests/test_foundry.py
+	$(FBIN)/python -m pytest -q tests/test_foundry.py tests/test_wandb.py
 
 # The benchmarks (by hand, about 3 hours on 2 cores): each writes JSON to bench/results/; the PiKE reports
 # (bench/results/headroom.md, noise.md, corpora.md) are generated from their JSON.

@@ -1,6 +1,6 @@
-"""Experiment tracking: TensorBoard and MLflow (a local file store) chosen in the YAML receive the run's
-metrics, the PiKE weights among them, with no server and no network; a tracker that is not installed is
-one line naming the key and the package."""
+"""Experiment tracking: TensorBoard, MLflow (a local file store) and W&B (offline) chosen in the YAML receive
+the run's metrics, the PiKE weights among them, with no server and no network; a tracker that is not installed
+is one line naming the key and the package."""
 
 from __future__ import annotations
 
@@ -57,7 +57,18 @@ def test_tensorboard_and_mlflow_receive_the_runs_metrics(tmp_path: Path, in_proc
     assert {"pike/weight/a", "pike/weight/b", "pike/weight/c"} <= set(found.data.metrics)
 
 
-@pytest.mark.parametrize("key, package", [("tensorboard", "tensorboard"), ("mlflow", "mlflow-skinny")])
+def test_a_wandb_mode_that_does_not_exist_is_named(tmp_path: Path, in_process_dist: None) -> None:
+    from pike_stream.train import build_trainer, load_config
+
+    cfg = _local_config(tmp_path)
+    cfg["loggers"] = {"console": False, "wandb": {"mode": "ofline"}}
+    with pytest.raises(ConfigError,
+                       match=r"^loggers\.wandb\.mode: must be one of offline, online, disabled, got 'ofline'"):
+        build_trainer(load_config(_write_yaml(tmp_path / "tiny.yaml", cfg), [f"run_folder={tmp_path / 'run'}"]))
+
+
+@pytest.mark.parametrize("key, package", [("tensorboard", "tensorboard"), ("mlflow", "mlflow-skinny"),
+                                          ("wandb", "wandb")])
 def test_a_tracker_that_is_not_installed_is_one_line(tmp_path: Path, in_process_dist: None,
                                                      monkeypatch: pytest.MonkeyPatch, key: str, package: str) -> None:
     import sys
@@ -68,4 +79,19 @@ def test_a_tracker_that_is_not_installed_is_one_line(tmp_path: Path, in_process_
     cfg["loggers"] = {"console": False, key: {}}
     monkeypatch.setitem(sys.modules, key, None)  # `import key` now raises ImportError, as when not installed
     with pytest.raises(ConfigError, match=rf"^loggers\.{key}: needs the `{package}` package"):
+        build_trainer(load_config(_write_yaml(tmp_path / "tiny.yaml", cfg), [f"run_folder={tmp_path / 'run'}"]))
+
+
+def test_a_wandb_that_composer_cannot_drive_is_one_line(tmp_path: Path, in_process_dist: None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from pike_stream.train import build_trainer, load_config
+
+    cfg = _local_config(tmp_path)
+    cfg["loggers"] = {"console": False, "wandb": {}}
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(__version__="0.31.0"))
+    with pytest.raises(ConfigError, match=r"^loggers\.wandb: Composer's WandBLogger needs wandb < 0\.19, this "
+                                          r"environment has 0\.31\.0"):
         build_trainer(load_config(_write_yaml(tmp_path / "tiny.yaml", cfg), [f"run_folder={tmp_path / 'run'}"]))

@@ -42,11 +42,13 @@ from pike_stream.train.composer_compat import (
     close_orphaned_checkpoint_uploaders,
 )
 from pike_stream.train.config import (
+    WANDB_MODES,
     ConfigError,
     DomainConfig,
     MLflowConfig,
     TensorBoardConfig,
     TrainConfig,
+    WandBConfig,
     pike_options,
 )
 from pike_stream.train.evaluation import domain_evaluator
@@ -203,6 +205,8 @@ def _loggers(cfg: TrainConfig, run_folder: str) -> list[LoggerDestination]:
         loggers.append(_tensorboard_logger(cfg.loggers.tensorboard, run_folder))
     if cfg.loggers.mlflow is not None:
         loggers.append(_mlflow_logger(cfg.loggers.mlflow, cfg.run_name, run_folder))
+    if cfg.loggers.wandb is not None:
+        loggers.append(_wandb_logger(cfg.loggers.wandb, cfg.run_name, run_folder))
     return loggers
 
 
@@ -234,6 +238,27 @@ def _mlflow_logger(ml: MLflowConfig, run_name: str, run_folder: str) -> LoggerDe
     log.info("MLflow: experiment %r at %s", experiment, uri)
     return MLFlowLogger(experiment_name=experiment, run_name=run_name, tags=ml.tags, tracking_uri=uri,
                         synchronous=True, log_system_metrics=ml.log_system_metrics)
+
+
+def _wandb_logger(wb: WandBConfig, run_name: str, run_folder: str) -> LoggerDestination:
+    if wb.mode not in WANDB_MODES:
+        raise ConfigError(f"loggers.wandb.mode: must be one of {', '.join(WANDB_MODES)}, got {wb.mode!r}")
+    try:
+        import wandb
+    except ImportError:
+        raise _missing_package("loggers.wandb", "wandb") from None
+    from composer.loggers import WandBLogger
+    from packaging.version import Version
+
+    if Version(wandb.__version__) >= Version("0.19"):  # Composer 0.32 calls Run.get_url, which 0.19 removed
+        raise ConfigError(f"loggers.wandb: Composer's WandBLogger needs wandb < 0.19, this environment has "
+                          f"{wandb.__version__} (pip install 'wandb<0.19'), or remove loggers.wandb")
+
+    folder = os.path.abspath(wb.dir or run_folder)
+    os.makedirs(folder, exist_ok=True)
+    log.info("W&B: project %r, mode %s, files under %s", wb.project or run_name, wb.mode, folder)
+    return WandBLogger(project=wb.project or run_name, entity=wb.entity, group=wb.group, name=run_name,
+                       tags=wb.tags, init_kwargs={"mode": wb.mode, "dir": folder})
 
 
 def _save_config(cfg: TrainConfig, run_folder: str) -> None:

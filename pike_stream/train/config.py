@@ -224,16 +224,34 @@ class MLflowConfig:
     log_system_metrics: bool = False
 
 
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass(kw_only=True)
+class WandBConfig:
+    """Composer's ``WandBLogger`` (needs ``wandb``). ``mode`` defaults to ``offline``: the run is written under
+    ``<dir>/wandb/offline-run-*`` (``dir`` defaults to the run folder) with no network and no account, and
+    ``wandb sync`` uploads it later; ``online`` needs ``WANDB_API_KEY``. ``project`` defaults to the run's name."""
+
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] | None = None
+    mode: str = "offline"
+    dir: str | None = None
+
+
 @dataclass(kw_only=True)
 class LoggersConfig:
     """Where metrics go besides ``<run_folder>/metrics.jsonl`` (always written; ``pike-stream report`` reads
-    it): Composer's progress bar, its console logger every ``console_interval``, TensorBoard and MLflow."""
+    it): Composer's progress bar, its console logger every ``console_interval``, TensorBoard, MLflow and W&B."""
 
     progress_bar: bool = False
     console: bool = True
     console_interval: str = "10ba"
     tensorboard: TensorBoardConfig | None = None
     mlflow: MLflowConfig | None = None
+    wandb: WandBConfig | None = None
 
 
 @dataclass(kw_only=True)
