@@ -244,7 +244,7 @@ def _wandb_logger(wb: WandBConfig, run_name: str, run_folder: str) -> LoggerDest
     if wb.mode not in WANDB_MODES:
         raise ConfigError(f"loggers.wandb.mode: must be one of {', '.join(WANDB_MODES)}, got {wb.mode!r}")
     try:
-        import wandb
+        import wandb  # pyright: ignore[reportMissingImports] - optional, not in the main environment
     except ImportError:
         raise _missing_package("loggers.wandb", "wandb") from None
     from composer.loggers import WandBLogger
