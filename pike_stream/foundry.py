@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -49,12 +49,14 @@ from transformers import PreTrainedTokenizer
 from converters.tokenizers import ByteTokenizer
 from pike_stream.algorithm import PiKE, _refuse_sharded_training, find_mixer
 from pike_stream.mixer import Domain, PiKEStreamingMixer
+from pike_stream.mixer.batch_size import BatchRamp
 from pike_stream.step_statistics import split_batch
 from pike_stream.strategies.checks import check_domain_weights
 from pike_stream.train.composer_compat import check_saver_latest_symlink_often
 from pike_stream.train.config import (
     ConfigError,
     PiKEConfig,
+    RampupConfig,
     TrainLoaderConfig,
     check_pike,
     check_train_loader,
@@ -83,10 +85,13 @@ class FoundryLoaderConfig(TrainLoaderConfig):
 
     ``seed`` keys the domains' shuffles (llm-foundry's top-level ``seed`` is not passed to dataloaders);
     ``max_seq_len``, when given (``${variables.max_seq_len}``), must equal the domains' converted seq_len;
-    ``num_workers`` must be 0; ``pin_memory`` is the DataLoader's.
+    ``num_workers`` must be 0; ``pin_memory`` is the DataLoader's. ``rampup_batch_size: {start, increment,
+    samples}`` ramps the global batch up to llm-foundry's ``global_train_batch_size`` (Megatron-LM's
+    ``--rampup-batch-size``, as the native YAML's top-level key of that name).
     """
 
     seed: int = 17
+    rampup_batch_size: RampupConfig | None = None
     max_seq_len: int | None = None
     num_workers: int = 0
     pin_memory: bool = False
@@ -147,7 +152,9 @@ def build_pike_dataloader(tokenizer: Any = None, device_batch_size: int | float 
                                    read_ahead_workers=loader.read_ahead_workers, cache_limit=loader.cache_limit,
                                    allow_batch_size_change=loader.allow_batch_size_change,
                                    allow_domain_changes=loader.allow_domain_changes,
-                                   allow_data_growth=loader.allow_data_growth)
+                                   allow_data_growth=loader.allow_data_growth,
+                                   batch_ramp=None if loader.rampup_batch_size is None
+                                   else BatchRamp(**asdict(loader.rampup_batch_size)))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{LOADER_KEY}: {error}") from error
     if loader.max_seq_len is not None and loader.max_seq_len != mixer.seq_len:

@@ -85,6 +85,28 @@ def test_the_dataloader_is_the_mixer_with_labels(local_data: Path) -> None:
         mixer.close()
 
 
+def test_the_dataloader_ramps_the_batch_up_as_the_native_yaml(local_data: Path) -> None:
+    from pike_stream.mixer.batch_size import BatchRamp, batch_size_at
+
+    ramp = {"start": 2, "increment": 2, "samples": 24}
+    spec = build_pike_dataloader(tokenizer=ByteLevelTokenizer(), device_batch_size=6, domains=_domains(local_data),
+                                 rampup_batch_size=ramp, read_ahead_workers=0)
+    mixer = spec.dataloader.dataset
+    try:
+        assert mixer.batch_ramp == BatchRamp(**ramp)
+        sizes, samples = [], 0
+        for batch, _ in zip(spec.dataloader, range(12)):
+            sizes.append(len(batch["input_ids"]))
+            assert sizes[-1] == batch_size_at(6, mixer.batch_ramp, samples)
+            samples += sizes[-1]
+        assert sizes[0] == 2 and sizes[-1] == 6 and sorted(sizes) == sizes and len(set(sizes)) == 3
+    finally:
+        mixer.close()
+    with pytest.raises(ConfigError, match=r"^train_loader: .*batch"):
+        build_pike_dataloader(tokenizer=None, device_batch_size=6, domains=_domains(local_data),
+                              rampup_batch_size={"start": 4, "increment": 4, "samples": 24}, read_ahead_workers=0)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"domain": []}, r"train_loader\.domain: unknown key 'domain'.*did you mean 'domains'"),
     ({"domains": [{"name": "en"}]}, r"train_loader\.domains\.0 \('en'\): give `remote`"),
