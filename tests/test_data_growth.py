@@ -194,3 +194,27 @@ def test_a_version_3_state_without_segments_resumes(roots):
     again = mixer_of(roots[0])
     again.load_state_dict({**state, "version": 3})
     assert run(again, 3, 12, weights=still) == run(old, 3, 12, weights=still)
+
+
+def test_pike_training_resumed_on_grown_data(roots, tmp_path, in_process_dist):
+    from pike_stream.train.records import read_batch_log
+    from tests.test_domain_changes import _train
+
+    first = str(tmp_path / "first")
+    _train(roots[0], first, ("en", "de"))
+    checkpoint = os.path.join(first, "ckpt", "ep0-ba8-rank0.pt")
+    with pytest.raises(MixerStateError, match="allow_data_growth"):
+        _train(roots[1], str(tmp_path / "refused"), ("en", "de"), load_path=checkpoint, max_duration="16ba")
+    second = str(tmp_path / "second")
+    _train(roots[1], second, ("en", "de"), load_path=checkpoint, max_duration="16ba",
+           train_loader={"allow_data_growth": True})
+    logs = [read_batch_log(first), read_batch_log(second)]
+    assert sorted(logs[1]) == list(range(8, 16))
+    de = [int(i) for log in logs for s in sorted(log) for d, i in zip(*log[s]) if d == 1]
+    before = sum(int(d == 1) for s in logs[0] for d in logs[0][s][0])
+    boundary = -(-before // SIZES[0]) * SIZES[0]  # the end of the old epoch in progress at the resume
+    assert before % SIZES[0] and len(de) > boundary, "resumed mid-epoch, and the run reached the grown samples"
+    for start in range(0, boundary, SIZES[0]):  # the old epochs, the one in progress finished
+        assert sorted(de[start:start + SIZES[0]]) == list(range(SIZES[0]))
+    grown = de[boundary:boundary + SIZES[1]]  # the next epoch: all 110 samples
+    assert len(set(grown)) == len(grown) and set(grown) <= set(range(SIZES[1])) and max(grown) >= SIZES[0]
