@@ -74,6 +74,7 @@ bench: install
 	$(BIN)/python bench/bench_load.py
 	$(BIN)/python bench/corpora.py headroom $(DATA)/headroom
 	$(BIN)/python bench/bench_headroom.py --data $(DATA)/headroom/mds --work $(DATA)/headroom-runs --jobs 2
+	$(BIN)/python bench/bench_spread.py --data $(DATA)/headroom/mds --work $(DATA)/spread-runs --jobs 2
 	$(BIN)/python bench/bench_noise.py --data $(DATA)/headroom/mds --work $(DATA)/noise-runs --jobs 2
 	$(BIN)/python bench/corpora.py multilingual $(DATA)/multilingual
 	$(BIN)/python bench/corpora.py unequal $(DATA)/unequal

@@ -1,7 +1,7 @@
 """Headroom without memorisation: en, code and noise. Static grid on one seed, PiKE as shipped, held-out seeds.
 
     python bench/corpora.py headroom HEADROOM                  # builds en, code, dup, noise; dup is not used
-    python bench/bench_noise.py --data HEADROOM/mds --work RUNS [--steps 300] [--seeds 7,8,9] [--jobs 2]
+    python bench/bench_noise.py --data HEADROOM/mds --work RUNS [--steps 300] [--seeds 10,11,12,13,14] [--jobs 2]
     python bench/bench_noise.py --report-only                    # md + PNG again from the JSON
 
 Why a second headroom benchmark: in ``bench/bench_headroom.py`` the ``dup`` domain is memorised at a step
@@ -11,9 +11,12 @@ seed was +0.047 ± 0.101 *worse* than uniform on the held-out seeds, so no gain 
 against it. Here the only unhelpful domain is ``noise`` (uniform random printable characters, whose loss
 stops at their entropy within a few dozen steps); uniform gives it a third of every batch.
 
-The model, batches (64 × 64 tokens), optimizer, schedule and evaluation are those of
-``bench/bench_headroom.py``. The score is PiKE's objective: the validation loss averaged over the three
-domains with equal weight.
+The model, batches (64 × 64 tokens), schedule and evaluation are those of ``bench/bench_headroom.py``;
+AdamW's learning rate is :data:`LR` (``--lr``), the one of the smallest seed-to-seed spread in
+``bench/bench_spread.py`` (``bench/results/spread.md``). At the headroom benchmark's 3e-3 a plateau that each
+seed leaves at another step moved the final loss by 0.15 nats between seeds, more than any mixture gained
+(``bench/results/noise_lr0.003.md``). The score is PiKE's objective: the validation loss averaged over the
+three domains with equal weight.
 
 1. **Headroom first** (``--tune-seed``, scored on the TRAINING split): static mixtures with ``noise`` at
    :data:`NOISE_SHARES` and ``en = code``. The best is the ``best_static`` arm.
@@ -23,6 +26,10 @@ domains with equal weight.
    pike_oracle (the same rule with :data:`~bench_headroom.ORACLE_PROBE` probe samples per domain: whether
    better statistics would change the outcome), and pike_step_statistics (``probe_samples: 0``: the statistics
    of the update step's own samples, no probe batch). Differences to uniform are paired per seed.
+4. **A diagnostic arm** after those: ``static_at_pike_mean``, the static mixture at pike's weights averaged
+   over its steps and held-out seeds. It is derived from held-out runs, so it is no candidate for anything; it
+   tells whether pike's result comes from the mixture it settles on (the static arm does as well) or from when
+   it moves (it does not).
 
 Writes ``bench/results/noise.json`` and, from it, ``noise.md`` and ``noise.png``; finished runs are kept in
 ``WORK/<name>.json`` and reused.
@@ -41,34 +48,38 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-from bench_headroom import (  # noqa: E402
-    BATCH,
-    ORACLE_PROBE,
-    RESULTS,
-    SEQ_LEN,
-    add_common_arguments,
+from bench_headroom import ORACLE_PROBE  # noqa: E402
+from curves import (  # noqa: E402
     avg_curve,
-    fill_cache,
     final_losses,
     fmt_spread,
     per_domain_and_goal_lines,
     plot_curves_and_weights,
-    run_one,
-    run_pool,
-    shipped_defaults,
     steps_to_reach,
 )
+from runs import BATCH, RESULTS, SEQ_LEN, add_common_arguments, fill_cache, run_one, run_pool, shipped_defaults  # noqa: E402
 
 __all__ = ["NOISE_SHARES", "analyse", "main", "static_grid", "write_report"]
 
 DOMAINS = ("en", "code", "noise")
 NOISE_SHARES = (0.02, 0.1, 0.2, 1 / 3, 0.5)
-ARMS = ("uniform", "best_static", "pike", "pike_oracle", "pike_step_statistics")
+LR = 6.0e-3
+"""AdamW's peak learning rate: the smallest paired spread in ``bench/bench_spread.py`` (no PiKE arm runs there):
+0.018 against 0.130 at 3e-3 and 0.080 at 1.2e-2 (``bench/results/spread.md``)."""
+ARMS = ("uniform", "best_static", "pike", "pike_oracle", "pike_step_statistics", "static_at_pike_mean")
 
 
 def static_grid() -> list[dict[str, float]]:
     """``noise`` at each of :data:`NOISE_SHARES`, the rest split equally between ``en`` and ``code``."""
     return [{"en": (1 - n) / 2, "code": (1 - n) / 2, "noise": n} for n in NOISE_SHARES]
+
+
+def mean_weights(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The runs' weights averaged over their steps and then over the runs, rounded to 3 decimals."""
+    mean = np.mean([np.mean(np.array(r["weights"]), axis=0) for r in runs], axis=0)
+    mean = np.round(mean / mean.sum(), 3)
+    mean[-1] = round(1.0 - float(mean[:-1].sum()), 3)
+    return {d: float(w) for d, w in zip(DOMAINS, mean)}
 
 
 def _by_arm(result: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -132,7 +143,8 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     lines = [
         "# Headroom without memorisation: PiKE on en, code and noise", "",
         f"The model, batches ({BATCH} × {SEQ_LEN} tokens), optimizer and evaluation of "
-        f"[headroom.md](headroom.md), {s['steps']} steps. Three domains: English man pages, Python's standard "
+        f"[headroom.md](headroom.md), AdamW lr {s.get('lr', 3e-3):g} ([spread.md](spread.md)), {s['steps']} "
+        "steps. Three domains: English man pages, Python's standard "
         "library and `noise` (uniform random printable characters: nothing to learn past their frequencies). "
         "The score is PiKE's objective, the validation loss averaged over the three domains. The static grid "
         f"ran on seed {s['tune_seed']}, scored on the training split; PiKE runs the library's shipped defaults "
@@ -167,8 +179,9 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="the headroom corpus's mds/ folder (bench/corpora.py headroom)")
-    add_common_arguments(parser, "pike-noise", "7,8,9")
-    parser.set_defaults(steps=300)
+    add_common_arguments(parser, "pike-noise", "10,11,12,13,14")
+    parser.set_defaults(steps=300, eval_every=30)
+    parser.add_argument("--lr", type=float, default=LR, help="AdamW's peak learning rate")
     parser.add_argument("--tune-seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -192,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tune = args.tune_seed
     grid = run_all([{"name": f"grid-s{tune}-" + "-".join(f"{w[d]:.3f}" for d in DOMAINS), "seed": tune,
-                     "eval_split": "train", "pike": {"strategy": "uniform"}, "weights": w} for w in static_grid()])
+                     "eval_split": "train", "lr": args.lr, "pike": {"strategy": "uniform"}, "weights": w}
+                    for w in static_grid()])
     best_static = min(grid, key=lambda r: final_losses(r)[0])["spec"]["weights"]
     print(f"tuning seed {tune}: best static mixture {best_static}", flush=True)
     shipped = shipped_defaults()
@@ -200,14 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     arms = {"uniform": ({"strategy": "uniform"}, None), "best_static": ({"strategy": "uniform"}, best_static),
             "pike": (pike, None), "pike_oracle": ({**pike, "probe_samples": ORACLE_PROBE}, None),
             "pike_step_statistics": ({**pike, "probe_samples": 0}, None)}
-    heldout = run_all([{"name": f"{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "pike": p,
-                        **({"weights": w} if w else {})} for seed in seeds for arm, (p, w) in arms.items()])
+    heldout = run_all([{"name": f"{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "lr": args.lr,
+                        "pike": p, **({"weights": w} if w else {})} for seed in seeds for arm, (p, w) in arms.items()])
+    pike_mean = mean_weights([r for r in heldout if r["spec"]["arm"] == "pike"])
+    print(f"pike's mean weights over its steps and held-out seeds: {pike_mean}", flush=True)
+    heldout += run_all([{"name": f"static_at_pike_mean-s{seed}", "seed": seed, "eval_split": "val",
+                         "arm": "static_at_pike_mean", "lr": args.lr, "pike": {"strategy": "uniform"},
+                         "weights": pike_mean} for seed in seeds])
     pool.shutdown()
     result = {
-        "settings": {"steps": args.steps, "eval_every": args.eval_every, "tune_seed": tune, "seeds": seeds,
-                     "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
+        "settings": {"steps": args.steps, "eval_every": args.eval_every, "lr": args.lr, "tune_seed": tune,
+                     "seeds": seeds, "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
         "command": f"python bench/bench_noise.py --data HEADROOM/mds --work RUNS --steps {args.steps} "
-                   f"--eval-every {args.eval_every} --tune-seed {tune} --seeds {args.seeds} --jobs {args.jobs}{cached}",
+                   f"--eval-every {args.eval_every} --lr {args.lr:g} --tune-seed {tune} --seeds {args.seeds} "
+                   f"--jobs {args.jobs}{cached}",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "grid": grid, "best_static": best_static, "shipped_defaults": shipped, "heldout": heldout,
     }

@@ -4,7 +4,7 @@ processes), keeping finished runs, and the curves a run leaves.
 Every run trains the same tiny GPT-2 (2 layers, 128 wide, byte vocabulary) on batches of :data:`BATCH` ×
 :data:`SEQ_LEN` tokens with AdamW and a cosine schedule, and evaluates every domain on the first
 :data:`EVAL_BATCHES` × :data:`EVAL_BATCH_SIZE` sequences of a split. A run is described by a *spec*
-(``name``, ``seed``, ``eval_split``, ``pike``, optionally ``weights``, ``lr`` and ``arm``); its result is
+(``name``, ``seed``, ``eval_split``, ``pike``, optionally ``weights``, ``lr``, ``batch`` and ``arm``); its result is
 kept in ``WORK/<name>.json`` and reused while the spec and the number of steps are the same. Used by
 ``bench_headroom.py``, ``bench_noise.py``, ``bench_corpora.py`` and ``bench_spread.py``.
 """
@@ -46,7 +46,7 @@ LR = 3.0e-3
 
 def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval_every: int, eval_split: str,
                  pike: dict[str, Any], weights: dict[str, float] | None = None,
-                 domain_names: tuple[str, ...] = DOMAINS, lr: float = LR) -> Any:
+                 domain_names: tuple[str, ...] = DOMAINS, lr: float = LR, batch: int = BATCH) -> Any:
     """One run's :class:`~pike_stream.train.config.TrainConfig`: local MDS folders, evaluation of every domain
     on the first batches of ``eval_split`` every ``eval_every`` steps, no checkpoints."""
     from pike_stream.train.config import config_from_dict
@@ -61,8 +61,8 @@ def build_config(*, name: str, data: str, work: str, seed: int, steps: int, eval
         "run_name": name,
         "seed": seed,
         "max_seq_len": SEQ_LEN,
-        "global_train_batch_size": BATCH,
-        "device_train_microbatch_size": BATCH,
+        "global_train_batch_size": batch,
+        "device_train_microbatch_size": batch,
         "max_duration": f"{steps}ba",
         "eval_interval": f"{eval_every}ba",
         "model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 258},
@@ -122,7 +122,8 @@ def run_one(spec: dict[str, Any], data: str, work: str, steps: int, eval_every: 
 
     cfg = build_config(name=spec["name"], data=data, work=work, seed=spec["seed"], steps=steps,
                        eval_every=eval_every, eval_split=spec["eval_split"], pike=spec["pike"],
-                       weights=spec.get("weights"), domain_names=domain_names, lr=spec.get("lr", LR))
+                       weights=spec.get("weights"), domain_names=domain_names, lr=spec.get("lr", LR),
+                       batch=spec.get("batch", BATCH))
     # A run that is not cached (or was made with another spec) starts from an empty run folder.
     shutil.rmtree(cfg.resolved_run_folder, ignore_errors=True)
     start = time.perf_counter()

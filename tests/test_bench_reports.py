@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
 import bench_noise as bn  # noqa: E402
+import bench_spread as bs  # noqa: E402
 import curves  # noqa: E402
 import runs  # noqa: E402
 
@@ -39,6 +40,18 @@ def test_noise_report_is_regenerated_exactly_from_the_committed_json(tmp_path: P
     bn.write_report(result, tmp_path)
     assert (tmp_path / "noise.md").read_text() == (RESULTS / "noise.md").read_text()
     assert (tmp_path / "noise.png").stat().st_size > 10_000
+
+
+def test_spread_report_is_regenerated_from_the_committed_json_and_the_noise_benchmark_uses_its_choice(
+        tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "spread.json").read_text())
+    bs.write_report(result, tmp_path)
+    assert (tmp_path / "spread.md").read_text() == (RESULTS / "spread.md").read_text()
+    chosen = bs.analyse(result)
+    noise = json.loads((RESULTS / "noise.json").read_text())
+    assert (chosen["chosen_lr"], chosen["chosen_batch"]) == (bn.LR, runs.BATCH) == (noise["settings"]["lr"], 64)
+    seeds = set(result["settings"]["seeds"])
+    assert not seeds & set(noise["settings"]["seeds"]) and noise["settings"]["tune_seed"] not in seeds
 
 
 def test_noise_benchmark_chose_on_the_tuning_seed_and_pike_ran_the_shipped_defaults() -> None:
