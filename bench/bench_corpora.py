@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import RESULTS, add_common_arguments, run_one, run_pool, shipped_defaults  # noqa: E402
+from runs import RESULTS, add_common_arguments, check_data, run_one, run_pool, shipped_defaults  # noqa: E402
 
 __all__ = ["analyse", "main", "write_report"]
 
@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data = {"multilingual": args.multilingual, "unequal": args.unequal}
     for corpus, folder in data.items():
-        if not folder or not all(os.path.isdir(os.path.join(folder, d, "train")) for d in CORPORA[corpus]):
-            parser.error(f"--{corpus} must hold {', '.join(CORPORA[corpus])} with train/ and val/ "
-                         f"(python bench/corpora.py {corpus} OUT)")
+        check_data(parser, folder, CORPORA[corpus], f"--{corpus}", corpus)
     os.makedirs(args.work, exist_ok=True)
     seeds = [int(x) for x in args.seeds.split(",")]
     pool = run_pool(args.jobs)

@@ -60,10 +60,9 @@ from runs import (  # noqa: E402
     EVAL_BATCHES,
     RESULTS,
     SEQ_LEN,
+    Runner,
     add_common_arguments,
-    fill_cache,
-    run_one,
-    run_pool,
+    check_data,
     shipped_defaults,
 )
 
@@ -284,16 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads((out / "headroom.json").read_text()), out)
         print(f"wrote {out / 'headroom.md'}")
         return 0
-    if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
-        parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/corpora.py headroom)")
-    os.makedirs(args.work, exist_ok=True)
-    cached = fill_cache(args.work, args.cache_from)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    pool = run_pool(args.jobs)
-
-    def run_all(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        futures = [pool.submit(run_one, spec, args.data, args.work, args.steps, args.eval_every) for spec in specs]
-        return [f.result() for f in futures]
+    check_data(parser, args.data, DOMAINS, "--data", "headroom")
+    runner = Runner(args, args.data, DOMAINS)
+    cached, seeds, run_all = runner.cached, runner.seeds, runner.run
 
     from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
@@ -310,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = min(sweep, key=lambda r: final_losses(r)[0])["spec"]["pike"]
     print(f"tuning seed {tune}: best static mixture {best_static}; best PiKE settings {chosen}", flush=True)
     if args.stage == "tune":
-        pool.shutdown()
+        runner.close()
         return 0
 
     # The held-out arms use the library's shipped defaults; they must be the tuning seed's choice.
@@ -332,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = [{"name": f"{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "pike": p,
               **({"weights": w} if w else {})} for seed in seeds for arm, (p, w) in arms.items()]
     heldout = run_all(specs)
-    pool.shutdown()
+    runner.close()
     result = {
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "tune_seed": tune, "seeds": seeds,
                      "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},

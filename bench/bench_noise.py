@@ -57,7 +57,7 @@ from curves import (  # noqa: E402
     plot_curves_and_weights,
     steps_to_reach,
 )
-from runs import BATCH, RESULTS, SEQ_LEN, add_common_arguments, fill_cache, run_one, run_pool, shipped_defaults  # noqa: E402
+from runs import BATCH, RESULTS, SEQ_LEN, Runner, add_common_arguments, check_data, shipped_defaults  # noqa: E402
 
 __all__ = ["NOISE_SHARES", "analyse", "main", "static_grid", "write_report"]
 
@@ -189,17 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads((out / "noise.json").read_text()), out)
         print(f"wrote {out / 'noise.md'}")
         return 0
-    if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
-        parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/corpora.py headroom)")
-    os.makedirs(args.work, exist_ok=True)
-    cached = fill_cache(args.work, args.cache_from)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    pool = run_pool(args.jobs)
-
-    def run_all(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        futures = [pool.submit(run_one, spec, args.data, args.work, args.steps, args.eval_every, DOMAINS)
-                   for spec in specs]
-        return [f.result() for f in futures]
+    check_data(parser, args.data, DOMAINS, "--data", "headroom")
+    runner = Runner(args, args.data, DOMAINS)
+    cached, seeds, run_all = runner.cached, runner.seeds, runner.run
 
     from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
@@ -221,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout += run_all([{"name": f"static_at_pike_mean-s{seed}", "seed": seed, "eval_split": "val",
                          "arm": "static_at_pike_mean", "lr": args.lr, "pike": {"strategy": "uniform"},
                          "weights": pike_mean} for seed in seeds])
-    pool.shutdown()
+    runner.close()
     result = {
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "lr": args.lr, "tune_seed": tune,
                      "seeds": seeds, "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from curves import final_losses  # noqa: E402
-from runs import BATCH, SEQ_LEN, add_common_arguments, run_one, run_pool  # noqa: E402
+from runs import BATCH, SEQ_LEN, Runner, add_common_arguments, check_data  # noqa: E402
 
 __all__ = ["CONTRAST", "analyse", "main", "write_report"]
 
@@ -96,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads((out / "spread.json").read_text()), out)
         print(f"wrote {out / 'spread.md'}")
         return 0
-    if not args.data or not all(os.path.isdir(os.path.join(args.data, d, "train")) for d in DOMAINS):
-        parser.error(f"--data must hold {', '.join(DOMAINS)} with train/ and val/ (bench/corpora.py headroom)")
-    os.makedirs(args.work, exist_ok=True)
-    lrs = [float(x) for x in args.lrs.split(",")]
-    seeds = [int(x) for x in args.seeds.split(",")]
+    check_data(parser, args.data, DOMAINS, "--data", "headroom")
+    runner = Runner(args, args.data, DOMAINS)
+    lrs, seeds = [float(x) for x in args.lrs.split(",")], runner.seeds
     batches = [int(x) for x in args.batches.split(",")]
     specs = []
     for batch in batches:
@@ -114,16 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                 specs.append({"name": f"contrast-{tag}lr{lr:g}-s{seed}", "seed": seed, "eval_split": "val",
                               "arm": "contrast", "lr": lr, "pike": {"strategy": "uniform"}, "weights": CONTRAST,
                               **size})
-    pool = run_pool(args.jobs)
-    futures = [pool.submit(run_one, spec, args.data, args.work, args.steps, args.eval_every, DOMAINS)
-               for spec in specs]
-    runs = [f.result() for f in futures]
-    pool.shutdown()
+    runs = runner.run(specs)
+    runner.close()
     result = {
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "lrs": lrs, "batches": batches,
                      "seeds": seeds, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
         "command": f"python bench/bench_spread.py --data HEADROOM/mds --work RUNS --steps {args.steps} "
-                   f"--lrs {args.lrs} --batches {args.batches} --seeds {args.seeds} --jobs {args.jobs}",
+                   f"--lrs {args.lrs} --batches {args.batches} --seeds {args.seeds} --jobs {args.jobs}{runner.cached}",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "runs": runs,
     }

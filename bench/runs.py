@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses  # noqa: E402
 
-__all__ = ["BATCH", "EVAL_BATCHES", "EVAL_BATCH_SIZE", "LR", "RESULTS", "SEQ_LEN", "add_common_arguments",
-           "build_config", "fill_cache", "run_one", "run_pool", "shipped_defaults", "summarize"]
+__all__ = ["BATCH", "EVAL_BATCHES", "EVAL_BATCH_SIZE", "LR", "RESULTS", "SEQ_LEN", "Runner", "add_common_arguments",
+           "build_config", "check_data", "fill_cache", "run_one", "run_pool", "shipped_defaults", "summarize"]
 
 RESULTS = Path(ROOT) / "bench" / "results"
 DOMAINS = CORPORA["headroom"]
@@ -188,3 +188,33 @@ def _worker_init() -> None:
     import torch
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
+
+
+def check_data(parser: argparse.ArgumentParser, folder: str | None, domains: tuple[str, ...], option: str,
+               corpus: str) -> None:
+    """Exit with a usage error unless ``folder`` holds every domain with a ``train/`` split."""
+    if not folder or not all(os.path.isdir(os.path.join(folder, d, "train")) for d in domains):
+        parser.error(f"{option} must hold {', '.join(domains)} with train/ and val/ "
+                     f"(python bench/corpora.py {corpus} OUT)")
+
+
+class Runner:
+    """A benchmark's runs: the held-out ``seeds`` of its arguments, finished runs kept in ``--work`` (filled
+    from ``--cache-from``), and :meth:`run` to train specs ``--jobs`` at a time (:func:`run_one`)."""
+
+    def __init__(self, args: argparse.Namespace, data: str, domains: tuple[str, ...]) -> None:
+        os.makedirs(args.work, exist_ok=True)
+        self.args, self.data, self.domains = args, data, domains
+        self.cached = fill_cache(args.work, args.cache_from)  # the command-line suffix that says so
+        self.seeds = [int(s) for s in args.seeds.split(",")]
+        self._pool = run_pool(args.jobs)
+
+    def run(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each spec's run (trained, or the finished one), in order."""
+        a = self.args
+        futures = [self._pool.submit(run_one, spec, self.data, a.work, a.steps, a.eval_every, self.domains)
+                   for spec in specs]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown()
