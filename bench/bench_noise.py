@@ -137,12 +137,13 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
-    """``noise.md`` and ``noise.png`` from the results JSON."""
+    """``<name>.md`` and ``<name>.png`` from the results JSON (``noise`` unless ``--name`` said otherwise)."""
     a = analyse(result)
     s = result["settings"]
+    name = s.get("name", "noise")
     lines = [
         "# Headroom without memorisation: PiKE on en, code and noise", "",
-        f"The model, batches ({BATCH} × {SEQ_LEN} tokens), optimizer and evaluation of "
+        f"The model, batches ({s.get('batch', BATCH)} × {SEQ_LEN} tokens), optimizer and evaluation of "
         f"[headroom.md](headroom.md), AdamW lr {s.get('lr', 3e-3):g} ([spread.md](spread.md)), {s['steps']} "
         "steps. Three domains: English man pages, Python's standard "
         "library and `noise` (uniform random printable characters: nothing to learn past their frequencies). "
@@ -171,9 +172,9 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_mean'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
     lines += per_domain_and_goal_lines(result, [x for x in ARMS if x in a["table"]], DOMAINS, a["goals"])
-    lines += ["", "![validation loss and weights](noise.png)", ""]
-    (out / "noise.md").write_text("\n".join(lines))
-    plot_curves_and_weights(result, out / "noise.png", DOMAINS, ARMS)
+    lines += ["", f"![validation loss and weights]({name}.png)", ""]
+    (out / f"{name}.md").write_text("\n".join(lines))
+    plot_curves_and_weights(result, out / f"{name}.png", DOMAINS, ARMS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser, "pike-noise", "10,11,12,13,14")
     parser.set_defaults(steps=300, eval_every=30)
     parser.add_argument("--lr", type=float, default=LR, help="AdamW's peak learning rate")
+    parser.add_argument("--batch", type=int, default=BATCH, help="the global batch size")
+    parser.add_argument("--name", default="noise", help="the results' file name: NAME.json, NAME.md, NAME.png")
     parser.add_argument("--tune-seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.report_only:
-        write_report(json.loads((out / "noise.json").read_text()), out)
-        print(f"wrote {out / 'noise.md'}")
+        write_report(json.loads((out / f"{args.name}.json").read_text()), out)
+        print(f"wrote {out / f'{args.name}.md'}")
         return 0
     check_data(parser, args.data, DOMAINS, "--data", "headroom")
     runner = Runner(args, args.data, DOMAINS)
@@ -196,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
     tune = args.tune_seed
-    grid = run_all([{"name": f"grid-s{tune}-" + "-".join(f"{w[d]:.3f}" for d in DOMAINS), "seed": tune,
-                     "eval_split": "train", "lr": args.lr, "pike": {"strategy": "uniform"}, "weights": w}
+    # runs at the default batch keep the spec (and name) they had before the batch was an option
+    size, tag = ({}, "") if args.batch == BATCH else ({"batch": args.batch}, f"b{args.batch}-")
+    grid = run_all([{"name": f"{tag}grid-s{tune}-" + "-".join(f"{w[d]:.3f}" for d in DOMAINS), "seed": tune,
+                     "eval_split": "train", "lr": args.lr, "pike": {"strategy": "uniform"}, "weights": w, **size}
                     for w in static_grid()])
     best_static = min(grid, key=lambda r: final_losses(r)[0])["spec"]["weights"]
     print(f"tuning seed {tune}: best static mixture {best_static}", flush=True)
@@ -206,27 +211,31 @@ def main(argv: list[str] | None = None) -> int:
     arms = {"uniform": ({"strategy": "uniform"}, None), "best_static": ({"strategy": "uniform"}, best_static),
             "pike": (pike, None), "pike_oracle": ({**pike, "probe_samples": ORACLE_PROBE}, None),
             "pike_step_statistics": ({**pike, "probe_samples": 0}, None)}
-    heldout = run_all([{"name": f"{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "lr": args.lr,
-                        "pike": p, **({"weights": w} if w else {})} for seed in seeds for arm, (p, w) in arms.items()])
+    heldout = run_all([{"name": f"{tag}{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "lr": args.lr,
+                        "pike": p, **({"weights": w} if w else {}), **size}
+                       for seed in seeds for arm, (p, w) in arms.items()])
     pike_mean = mean_weights([r for r in heldout if r["spec"]["arm"] == "pike"])
     print(f"pike's mean weights over its steps and held-out seeds: {pike_mean}", flush=True)
-    heldout += run_all([{"name": f"static_at_pike_mean-s{seed}", "seed": seed, "eval_split": "val",
+    heldout += run_all([{"name": f"{tag}static_at_pike_mean-s{seed}", "seed": seed, "eval_split": "val",
                          "arm": "static_at_pike_mean", "lr": args.lr, "pike": {"strategy": "uniform"},
-                         "weights": pike_mean} for seed in seeds])
+                         "weights": pike_mean, **size} for seed in seeds])
     runner.close()
     result = {
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "lr": args.lr, "tune_seed": tune,
-                     "seeds": seeds, "batch": BATCH, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
+                     "seeds": seeds, "batch": args.batch, "seq_len": SEQ_LEN, "domains": list(DOMAINS),
+                     **({} if args.name == "noise" else {"name": args.name})},
         "command": f"python bench/bench_noise.py --data HEADROOM/mds --work RUNS --steps {args.steps} "
-                   f"--eval-every {args.eval_every} --lr {args.lr:g} --tune-seed {tune} --seeds {args.seeds} "
-                   f"--jobs {args.jobs}{cached}",
+                   f"--eval-every {args.eval_every} --lr {args.lr:g} "
+                   + ("" if args.batch == BATCH else f"--batch {args.batch} ")
+                   + ("" if args.name == "noise" else f"--name {args.name} ")
+                   + f"--tune-seed {tune} --seeds {args.seeds} --jobs {args.jobs}{cached}",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "grid": grid, "best_static": best_static, "shipped_defaults": shipped, "heldout": heldout,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "noise.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
     write_report(result, out)
-    print(f"wrote {out / 'noise.json'} and noise.md", flush=True)
+    print(f"wrote {out / f'{args.name}.json'} and {args.name}.md", flush=True)
     return 0
 
 
