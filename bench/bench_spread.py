@@ -17,7 +17,8 @@ PiKE arm at all:
   with its spread: the noise a paired mixture comparison carries at that learning rate.
 
 The setting with the smallest paired spread is the one ``bench/bench_noise.py`` trains with. PiKE plays no
-part in the choice. Writes ``bench/results/spread.json`` and ``spread.md``.
+part in the choice. Writes ``bench/results/spread.json`` and ``spread.md`` (``--name``: another name, for a
+study that chooses nothing).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def write_report(result: dict[str, Any], out: Path) -> None:
                      f"{', '.join(f'{x:+.4f}' for x in row['contrast_diff'])} | "
                      f"{row['diff_mean']:+.4f} ± {row['diff_sd']:.4f} |")
     lines += ["", f"Chosen (smallest paired spread): batch {a['chosen_batch']}, lr {a['chosen_lr']:g}.", ""]
-    (out / "spread.md").write_text("\n".join(lines))
+    (out / f"{s.get('name', 'spread')}.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="the headroom corpus's mds/ folder (bench/corpora.py headroom)")
     parser.add_argument("--lrs", default="3e-3,6e-3,1.2e-2", help="AdamW peak learning rates, comma-separated")
     parser.add_argument("--batches", default=str(BATCH), help="global batch sizes, comma-separated")
+    parser.add_argument("--name", default="spread", help="the results' file name: NAME.json, NAME.md")
     add_common_arguments(parser, "pike-spread", "20,21,22")
     parser.set_defaults(steps=300, eval_every=30)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.report_only:
-        write_report(json.loads((out / "spread.json").read_text()), out)
-        print(f"wrote {out / 'spread.md'}")
+        write_report(json.loads((out / f"{args.name}.json").read_text()), out)
+        print(f"wrote {out / f'{args.name}.md'}")
         return 0
     check_data(parser, args.data, DOMAINS, "--data", "headroom")
     runner = Runner(args, args.data, DOMAINS)
@@ -116,17 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     runner.close()
     result = {
         "settings": {"steps": args.steps, "eval_every": args.eval_every, "lrs": lrs, "batches": batches,
-                     "seeds": seeds, "seq_len": SEQ_LEN, "domains": list(DOMAINS)},
+                     "seeds": seeds, "seq_len": SEQ_LEN, "domains": list(DOMAINS),
+                     **({} if args.name == "spread" else {"name": args.name})},
         "command": f"python bench/bench_spread.py --data HEADROOM/mds --work RUNS --steps {args.steps} "
-                   f"--lrs {args.lrs} --batches {args.batches} --seeds {args.seeds} --jobs {args.jobs}{runner.cached}",
+                   f"--lrs {args.lrs} --batches {args.batches} --seeds {args.seeds} --jobs {args.jobs}"
+                   + ("" if args.name == "spread" else f" --name {args.name}") + runner.cached,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "runs": runs,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "spread.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
     write_report(result, out)
     chosen = analyse(result)
-    print(f"wrote {out / 'spread.json'} and spread.md; chosen batch {chosen['chosen_batch']}, lr "
+    print(f"wrote {out / f'{args.name}.json'} and {args.name}.md; chosen batch {chosen['chosen_batch']}, lr "
           f"{chosen['chosen_lr']:g}", flush=True)
     return 0
 
