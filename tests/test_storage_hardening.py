@@ -270,6 +270,9 @@ def test_a_start_interrupted_by_a_signal_leaves_no_weed(data_dir: Path, signum: 
         stderr=subprocess.PIPE,
         text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))},
+        # A shell's background job (`make test &`) ignores SIGINT, and a child inherits that: Python then
+        # installs no Ctrl-C handler. The starter gets SIGINT's default, as in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         weed = _wait_for_spawn(data_dir, starter)
