@@ -98,3 +98,11 @@ def test_steps_to_reach_interpolates_between_evaluations() -> None:
     assert curves.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 2.5) == pytest.approx(60.0)
     assert curves.steps_to_reach(steps, np.array([3.0, 2.0, 1.0]), 3.5) == pytest.approx(40.0)
     assert curves.steps_to_reach(steps, np.array([3.0, 2.0, 1.5]), 1.0) is None
+
+
+def test_the_batch_24_spread_study_is_regenerated_exactly_and_chooses_nothing(tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "spread_b24.json").read_text())
+    bs.write_report(result, tmp_path)
+    assert (tmp_path / "spread_b24.md").read_text() == (RESULTS / "spread_b24.md").read_text()
+    assert result["settings"]["batches"] == [24]
+    assert json.loads((RESULTS / "noise.json").read_text())["settings"]["batch"] == runs.BATCH == 64
