@@ -27,6 +27,7 @@ from pike_stream.storage import (
 from pike_stream.storage.cli import main as s3_cli
 from pike_stream.storage.embedded import WeedPorts, validate_bucket_name, weed_binary
 from pike_stream.storage.settings import S3_ENV_VARS
+from tests.processes import listening_ports, weed_pids
 
 __all__: list[str] = []
 
@@ -37,35 +38,6 @@ def _unset_s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in S3_ENV_VARS:
         monkeypatch.setenv(name, "unset-by-test")
         monkeypatch.delenv(name)
-
-
-def _listening_ports(pid: int) -> set[int]:
-    """The TCP ports process ``pid`` listens on (Linux /proc)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def _weed_processes_for(data_dir: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                command = (proc / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if "weed" in command and f"-dir={data_dir / 'weed'}" in command:
-                pids.append(int(proc.name))
-    return pids
 
 
 # ---------------------------------------------------------------------- settings (no server)
@@ -239,7 +211,7 @@ def test_start_and_stop(fresh_s3_server: EmbeddedS3) -> None:
     assert server.endpoint_url == f"http://127.0.0.1:{ports.s3}"
     # Every port weed listens on was chosen here (no Iceberg 8181, Lance 9101 or port+10000 gRPC).
     if Path("/proc/net/tcp").exists():
-        assert _listening_ports(pid) == set(vars(ports).values())
+        assert listening_ports(pid) == set(vars(ports).values())
     assert "Start Seaweed S3" in server.log_path.read_text()
     assert json.loads(server.state_path.read_text())["pid"] == pid
 
@@ -325,7 +297,7 @@ def test_startup_timeout_reports_the_log_and_leaves_nothing_running(tmp_path: Pa
     this_start = redact(server.log_path.read_text(), []).split("a line of an earlier start\n", 1)[1].splitlines()
     assert quoted and set(quoted) <= set(this_start)
     assert this_start[0].startswith("--- pike_stream: starting weed")
-    assert not server.running and _weed_processes_for(server.data_dir) == []
+    assert not server.running and weed_pids(server.data_dir) == []
     assert json.loads(server.state_path.read_text())["pid"] is None
 
 
@@ -336,7 +308,7 @@ def test_weed_crash_at_startup_reports_the_log(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="exited with code") as info:
         server.start()
     assert "filerldb2" in str(info.value)
-    assert not server.running and _weed_processes_for(server.data_dir) == []
+    assert not server.running and weed_pids(server.data_dir) == []
 
 
 # ---------------------------------------------------------------------- ensure_storage and the CLI
@@ -367,7 +339,7 @@ def test_ensure_storage_starts_once_then_reuses(tmp_path: Path, monkeypatch: pyt
         ]
         endpoints = {command.communicate(timeout=120)[0].strip() for command in commands}
         assert all(command.returncode == 0 for command in commands)
-        assert len(endpoints) == 1 and len(_weed_processes_for(data_dir)) == 1
+        assert len(endpoints) == 1 and len(weed_pids(data_dir)) == 1
         # A later command in this process finds it still running and exports its variables.
         settings = ensure_storage()
         assert {settings.endpoint_url} == endpoints
@@ -378,12 +350,12 @@ def test_ensure_storage_starts_once_then_reuses(tmp_path: Path, monkeypatch: pyt
         client.create_bucket(Bucket="from-env")
         client.put_object(Bucket="from-env", Key="k", Body=b"v")
         assert client.get_object(Bucket="from-env", Key="k")["Body"].read() == b"v"
-        assert len(_weed_processes_for(data_dir)) == 1
+        assert len(weed_pids(data_dir)) == 1
     finally:
         running = EmbeddedS3.attach(data_dir, check_s3=False)
         if running is not None:
             running.stop(grace_s=0.0)
-    assert _weed_processes_for(data_dir) == []
+    assert weed_pids(data_dir) == []
 
 
 def test_cli_start_status_env_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -410,5 +382,5 @@ def test_cli_start_status_env_stop(tmp_path: Path, capsys: pytest.CaptureFixture
     finally:
         assert s3_cli(["stop", *where, "--grace", "0"]) == 0
     assert "stopped" in capsys.readouterr().out
-    assert _weed_processes_for(data_dir) == []
+    assert weed_pids(data_dir) == []
     assert s3_cli(["env", *where]) == 1

@@ -29,6 +29,7 @@ import pytest
 
 from pike_stream.storage import EmbeddedS3, s3_client
 from pike_stream.storage.cli import main as s3_cli
+from tests.processes import listening_ports, weed_pids
 
 __all__: list[str] = []
 
@@ -37,24 +38,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 _START_SCRIPT = "import sys; from pike_stream.storage.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def _weed_pids(data_dir: Path) -> list[int]:
-    """The live (not zombie) weed processes serving ``data_dir``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and Path(args[0]).name == "weed" and f"-dir={data_dir / 'weed'}" in args:
-            pids.append(int(proc.name))
-    return pids
-
-
 def _kill_all(data_dir: Path) -> None:
-    for pid in _weed_pids(data_dir):
+    for pid in weed_pids(data_dir):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -67,25 +52,6 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "s3"
     yield folder
     _kill_all(folder)
-
-
-def _listening_ports(pid: int) -> set[int]:
-    """The TCP ports process ``pid`` listens on (Linux /proc)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def _file_ids(weed_dir: Path, collection: str) -> list[str]:
@@ -145,7 +111,7 @@ def test_without_a_key_no_port_lists_reads_writes_deletes_or_assigns(data_dir: P
         volume = fids[0].split(",")[0]
         new_fid = f"{volume},{uuid.uuid4().int % 2**40:x}1234abcd"
         recorded = set(json.loads(server.state_path.read_text())["ports"].values())
-        ports = recorded | _listening_ports(server.pid)
+        ports = recorded | listening_ports(server.pid)
         assert set(vars(server.ports).values()) <= ports and len(ports) >= 8
 
         form = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\nplanted\r\n--xx--\r\n'
@@ -251,7 +217,7 @@ def _wait_for_spawn(data_dir: Path, starter: subprocess.Popen[str]) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert starter.poll() is None, f"the start ended before it could be interrupted: {starter.communicate()}"
-        pids = _weed_pids(data_dir)
+        pids = weed_pids(data_dir)
         try:
             state = json.loads((data_dir / "server.json").read_text())
         except (OSError, ValueError):
@@ -286,7 +252,7 @@ def test_a_start_interrupted_by_a_signal_leaves_no_weed(data_dir: Path, signum: 
     assert starter.returncode == (-signal.SIGTERM if signum == signal.SIGTERM else 130), (out, err)
     assert "started in" not in out
     assert f"killed weed (pid {weed})" in err
-    assert _weed_pids(data_dir) == []
+    assert weed_pids(data_dir) == []
     assert json.loads((data_dir / "server.json").read_text())["pid"] is None
     assert s3_cli(["stop", "--data-dir", str(data_dir)]) == 0  # and nothing to stop
 
@@ -299,7 +265,7 @@ def test_a_start_failing_with_an_exception_after_spawn_leaves_no_weed(data_dir: 
         pass
 
     def fail_once_weed_runs(signum: int, frame: object) -> None:
-        if _weed_pids(data_dir):
+        if weed_pids(data_dir):
             signal.setitimer(signal.ITIMER_REAL, 0)
             raise Injected("injected after spawn")
 
@@ -324,7 +290,7 @@ def test_a_start_failing_with_an_exception_after_spawn_leaves_no_weed(data_dir: 
     else:
         pytest.fail("the injected exception never reached the start in 3 tries")
     assert not server.running and server.pid is None
-    assert _weed_pids(data_dir) == []
+    assert weed_pids(data_dir) == []
     # Raised inside Popen (weed forked, its pid not yet known) there is no state yet; after, it has no pid.
     state = data_dir / "server.json"
     assert not state.exists() or json.loads(state.read_text())["pid"] is None
@@ -352,12 +318,12 @@ def test_stop_ends_a_server_that_is_alive_but_does_not_answer(
         assert s3_cli(["stop", *where, "--grace", "1"]) == 0  # SIGTERM (and SIGCONT), then SIGKILL after 1 s
         assert f"stopped the embedded S3 server (pid {pid})" in capsys.readouterr().out
         assert time.monotonic() - began < 15
-        assert _weed_pids(server.data_dir) == []
+        assert weed_pids(server.data_dir) == []
         assert json.loads(server.state_path.read_text())["pid"] is None
         assert s3_cli(["stop", *where]) == 0
         assert "no embedded S3 server is running" in capsys.readouterr().out
     finally:
-        if pid in _weed_pids(server.data_dir):
+        if pid in weed_pids(server.data_dir):
             os.kill(pid, signal.SIGKILL)  # works on a stopped process too
 
 
