@@ -251,20 +251,14 @@ class PiKEStrategy:
         return _adaptive_initial(sizes, self.initial, self.min_weight)
 
     def weights(self, step: int, previous: np.ndarray, stats: DomainStats | None, batch_size: int) -> np.ndarray:
-        """``previous`` without ``stats``; with them, one PiKE step from ``previous``."""
+        """``previous`` without ``stats``; with them, one step (:meth:`update`) from ``previous``."""
         w = _previous(step, previous, stats, batch_size)
-        if stats is None:
-            return w
-        return pike_step(
-            w,
-            stats.grad_sq,
-            stats.variance,
-            batch_size,
-            zeta1=self.zeta1,
-            zeta2=self.zeta2,
-            min_weight=self.min_weight,
-            normalize=self.normalize,
-        )
+        return w if stats is None else self.update(w, stats, batch_size)
+
+    def update(self, w: np.ndarray, stats: DomainStats, batch_size: int) -> np.ndarray:
+        """One PiKE step from ``w``."""
+        return pike_step(w, stats.grad_sq, stats.variance, batch_size, zeta1=self.zeta1, zeta2=self.zeta2,
+                         min_weight=self.min_weight, normalize=self.normalize)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,23 +276,11 @@ class BalancedPiKEStrategy(PiKEStrategy):
         _check_number(self.name, "tau", self.tau, minimum=0.0, strict=True)
         super().__post_init__()
 
-    def weights(self, step: int, previous: np.ndarray, stats: DomainStats | None, batch_size: int) -> np.ndarray:
-        """``previous`` without ``stats``; with them, one Balanced-PiKE step from ``previous``."""
-        w = _previous(step, previous, stats, batch_size)
-        if stats is None:
-            return w
-        return balanced_pike_step(
-            w,
-            stats.grad_sq,
-            stats.variance,
-            stats.loss,
-            batch_size,
-            tau=self.tau,
-            zeta1=self.zeta1,
-            zeta2=self.zeta2,
-            min_weight=self.min_weight,
-            normalize=self.normalize,
-        )
+    def update(self, w: np.ndarray, stats: DomainStats, batch_size: int) -> np.ndarray:
+        """One Balanced-PiKE step from ``w``."""
+        return balanced_pike_step(w, stats.grad_sq, stats.variance, stats.loss, batch_size, tau=self.tau,
+                                  zeta1=self.zeta1, zeta2=self.zeta2, min_weight=self.min_weight,
+                                  normalize=self.normalize)
 
 
 @dataclass(frozen=True, kw_only=True)
