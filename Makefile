@@ -72,6 +72,7 @@ bench: install
 	$(BIN)/python bench/bench_cache.py --compute-ms 20 --steps 1000 --out bench/results/cache_default_block.json
 	$(BIN)/python bench/bench_overhead.py
 	$(BIN)/python bench/bench_load.py
+	$(BIN)/python bench/bench_nodes.py
 	$(BIN)/python bench/corpora.py headroom $(DATA)/headroom
 	$(BIN)/python bench/bench_headroom.py --data $(DATA)/headroom/mds --work $(DATA)/headroom-runs --jobs 2
 	$(BIN)/python bench/bench_spread.py --data $(DATA)/headroom/mds --work $(DATA)/spread-runs --jobs 2

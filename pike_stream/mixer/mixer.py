@@ -52,7 +52,7 @@ from pike_stream.mixer.state import MixerState, MixerStateError
 from pike_stream.strategies.apportion import apportion
 from pike_stream.strategies.checks import check_domain_weights
 
-__all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size"]
+__all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size", "plan_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,8 @@ class PiKEStreamingMixer(IterableDataset):
     def _plan(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The next global batch and the counts and carries it leaves; the state is not touched."""
         state = self._state
-        counts, carry = apportion(state.weights, self.batch_size if batch_size is None else batch_size, state.carry)
-        ids = [order.take(int(state.consumed[k]), int(counts[k])) for k, order in enumerate(self.orders)]
-        return np.repeat(np.arange(len(counts)), counts), np.concatenate(ids), counts, carry
+        return plan_batch(self.orders, state.consumed, state.weights, state.carry,
+                          self.batch_size if batch_size is None else batch_size)
 
     def _commit(self, counts: np.ndarray, carry: np.ndarray) -> None:
         state = self._state
@@ -422,6 +421,16 @@ class PiKEStreamingMixer(IterableDataset):
                                     hashes[:n]) == fingerprint:  # type: ignore[arg-type]
                 return n
         return None
+
+
+def plan_batch(orders: Sequence[DomainOrder], consumed: np.ndarray, weights: np.ndarray, carry: np.ndarray,
+               batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A global batch from the domains' orders and cursors, the weights in force and the rounding carries:
+    ``(domain, sample_id)`` domain-major, and the counts and carries it leaves. Pure: rank ``r`` of ``W`` reads
+    positions ``r :: W`` of it. (The mixer's own step; ``bench/bench_nodes.py`` replays it from shard sizes.)"""
+    counts, carry = apportion(weights, batch_size, carry)
+    ids = [order.take(int(consumed[k]), int(counts[k])) for k, order in enumerate(orders)]
+    return np.repeat(np.arange(len(counts)), counts), np.concatenate(ids), counts, carry
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
