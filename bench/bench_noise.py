@@ -171,6 +171,10 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
             f"{', '.join('—' if r is None else f'{r:.2f}' for r in row['step_ratio'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_mean'])} | "
             f"{', '.join(f'{x:.3f}' for x in row['noise_weight_final'])} | {row['wall_seconds']:.0f} |")
+    if "static_at_pike_mean" in a["table"]:
+        lines += ["", "`static_at_pike_mean` is a diagnostic, not a candidate: the static mixture at pike's weights "
+                  "averaged over its steps and held-out seeds, run after them. As good as pike: pike's result comes "
+                  "from the mixture it settles on; worse: from when it moves."]
     lines += per_domain_and_goal_lines(result, [x for x in ARMS if x in a["table"]], DOMAINS, a["goals"])
     lines += ["", f"![validation loss and weights]({name}.png)", ""]
     (out / f"{name}.md").write_text("\n".join(lines))
