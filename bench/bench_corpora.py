@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import RESULTS, add_common_arguments, check_data, run_one, run_pool, shipped_defaults  # noqa: E402
+from runs import RESULTS, add_common_arguments, check_data, regenerate, run_one, run_pool, shipped_defaults  # noqa: E402
 
 __all__ = ["analyse", "main", "write_report"]
 
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser, "pike-corpora", "1,2,3")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.report_only:
-        write_report(json.loads((out / "corpora.json").read_text()), out)
-        print(f"wrote {out / 'corpora.md'}")
+    if regenerate(args, "corpora", write_report):
         return 0
     data = {"multilingual": args.multilingual, "unequal": args.unequal}
     for corpus, folder in data.items():

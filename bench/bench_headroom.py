@@ -63,6 +63,7 @@ from runs import (  # noqa: E402
     Runner,
     add_common_arguments,
     check_data,
+    regenerate,
     shipped_defaults,
 )
 
@@ -279,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="tune: only the tuning seed's grid and sweep (prints the choice)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.report_only:
-        write_report(json.loads((out / "headroom.json").read_text()), out)
-        print(f"wrote {out / 'headroom.md'}")
+    if regenerate(args, "headroom", write_report):
         return 0
     check_data(parser, args.data, DOMAINS, "--data", "headroom")
     runner = Runner(args, args.data, DOMAINS)

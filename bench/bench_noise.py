@@ -57,7 +57,7 @@ from curves import (  # noqa: E402
     plot_curves_and_weights,
     steps_to_reach,
 )
-from runs import BATCH, RESULTS, SEQ_LEN, Runner, add_common_arguments, check_data, shipped_defaults  # noqa: E402
+from runs import BATCH, RESULTS, SEQ_LEN, Runner, add_common_arguments, check_data, regenerate, shipped_defaults  # noqa: E402
 
 __all__ = ["NOISE_SHARES", "analyse", "main", "static_grid", "write_report"]
 
@@ -192,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.report_only:
-        write_report(json.loads((out / f"{args.name}.json").read_text()), out)
-        print(f"wrote {out / f'{args.name}.md'}")
+    if regenerate(args, args.name, write_report):
         return 0
     check_data(parser, args.data, DOMAINS, "--data", "headroom")
     runner = Runner(args, args.data, DOMAINS)

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from curves import final_losses  # noqa: E402
-from runs import BATCH, SEQ_LEN, Runner, add_common_arguments, check_data  # noqa: E402
+from runs import BATCH, SEQ_LEN, Runner, add_common_arguments, check_data, regenerate  # noqa: E402
 
 __all__ = ["CONTRAST", "analyse", "main", "write_report"]
 
@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(steps=300, eval_every=30)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.report_only:
-        write_report(json.loads((out / f"{args.name}.json").read_text()), out)
-        print(f"wrote {out / f'{args.name}.md'}")
+    if regenerate(args, args.name, write_report):
         return 0
     check_data(parser, args.data, DOMAINS, "--data", "headroom")
     runner = Runner(args, args.data, DOMAINS)

@@ -32,7 +32,8 @@ from corpora import CORPORA  # noqa: E402
 from curves import final_losses  # noqa: E402
 
 __all__ = ["BATCH", "EVAL_BATCHES", "EVAL_BATCH_SIZE", "LR", "RESULTS", "SEQ_LEN", "Runner", "add_common_arguments",
-           "build_config", "check_data", "fill_cache", "run_one", "run_pool", "shipped_defaults", "summarize"]
+           "build_config", "check_data", "fill_cache", "regenerate", "run_one", "run_pool", "shipped_defaults",
+           "summarize"]
 
 RESULTS = Path(ROOT) / "bench" / "results"
 DOMAINS = CORPORA["headroom"]
@@ -188,6 +189,16 @@ def _worker_init() -> None:
     import torch
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
+
+
+def regenerate(args: argparse.Namespace, name: str, write_report: Any) -> bool:
+    """With ``--report-only``: write ``<out>/<name>.md`` again from ``<out>/<name>.json`` and say so (True)."""
+    if not args.report_only:
+        return False
+    out = Path(args.out)
+    write_report(json.loads((out / f"{name}.json").read_text()), out)
+    print(f"wrote {out / f'{name}.md'}")
+    return True
 
 
 def check_data(parser: argparse.ArgumentParser, folder: str | None, domains: tuple[str, ...], option: str,

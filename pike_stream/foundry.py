@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,7 +49,6 @@ from transformers import PreTrainedTokenizer
 from converters.tokenizers import ByteTokenizer
 from pike_stream.algorithm import PiKE, _refuse_sharded_training, find_mixer
 from pike_stream.mixer import Domain, PiKEStreamingMixer
-from pike_stream.mixer.batch_size import BatchRamp
 from pike_stream.step_statistics import split_batch
 from pike_stream.strategies.checks import check_domain_weights
 from pike_stream.train.composer_compat import check_saver_latest_symlink_often
@@ -154,7 +153,7 @@ def build_pike_dataloader(tokenizer: Any = None, device_batch_size: int | float 
                                    allow_domain_changes=loader.allow_domain_changes,
                                    allow_data_growth=loader.allow_data_growth,
                                    batch_ramp=None if loader.rampup_batch_size is None
-                                   else BatchRamp(**asdict(loader.rampup_batch_size)))
+                                   else loader.rampup_batch_size.ramp())
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{LOADER_KEY}: {error}") from error
     if loader.max_seq_len is not None and loader.max_seq_len != mixer.seq_len:

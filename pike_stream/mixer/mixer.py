@@ -363,6 +363,14 @@ class PiKEStreamingMixer(IterableDataset):
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
         """Continue exactly where the mixer that saved ``obj`` stopped (any world size)."""
+        grew: dict[int, int] = {}  # domain index → its shard count in the checkpoint, for a domain that grew
+
+        def prefix_shards(k: int, fingerprint: str) -> int | None:
+            n = self._prefix_shards(k, fingerprint)
+            if n is not None:
+                grew[k] = n
+            return n
+
         self._state = MixerState.from_dict(obj, names=self.domain_names,
                                            fingerprints=[s.fingerprint for s in self.sources],
                                            global_batch_size=self.global_batch_size, ramp=self.batch_ramp,
@@ -371,7 +379,7 @@ class PiKEStreamingMixer(IterableDataset):
                                            allow_domain_changes=self.allow_domain_changes,
                                            initial_weights=self._initial_weights,
                                            shard_sizes=[s.shard_sizes for s in self.sources],
-                                           prefix_shards=self._prefix_shards if self.allow_data_growth else None)
+                                           prefix_shards=prefix_shards if self.allow_data_growth else None)
         for k, source in enumerate(self.sources):
             try:
                 self.orders[k].set_grown(self._state.grown[k])
@@ -379,15 +387,13 @@ class PiKEStreamingMixer(IterableDataset):
             except ValueError as error:
                 raise MixerStateError(f"malformed mixer state: domains.{source.name}: {error}") from None
         self._history.clear()
-        for k, source in enumerate(self.sources):
-            entry = obj.get("domains", {}).get(source.name) or obj.get("retired", {}).get(source.name) or {}
-            if entry.get("fingerprint", source.fingerprint) != source.fingerprint:
-                shards = self._prefix_shards(k, entry["fingerprint"])
-                boundary = self._state.grown[k][-1][1] if self._state.grown[k] else 0
-                log.warning("PiKEStreamingMixer: domain %r grew from %s to %d shards (%d samples), as "
-                            "allow_data_growth permits; its new samples start at position %d of its order "
-                            "(domain epoch %d)", source.name, shards, len(source.shards), source.num_samples,
-                            boundary, self.orders[k].epoch_of(boundary))
+        for k, shards in grew.items():
+            source = self.sources[k]
+            boundary = self._state.grown[k][-1][1] if self._state.grown[k] else 0
+            log.warning("PiKEStreamingMixer: domain %r grew from %s to %d shards (%d samples), as "
+                        "allow_data_growth permits; its new samples start at position %d of its order "
+                        "(domain epoch %d)", source.name, shards, len(source.shards), source.num_samples,
+                        boundary, self.orders[k].epoch_of(boundary))
         saved = list(obj.get("domains", {}))
         added = [n for n in self.domain_names if n not in saved]
         if added or len(saved) != len(self.domain_names):
@@ -406,7 +412,6 @@ class PiKEStreamingMixer(IterableDataset):
         log.info("PiKEStreamingMixer resumed at step %d: consumed %s, weights %s", self._state.step,
                  self.consumed, {n: round(w, 4) for n, w in self.weights.items()})
 
-
     def _prefix_shards(self, k: int, fingerprint: str) -> int | None:
         """The ``n`` < all for which ``fingerprint`` is domain ``k``'s fingerprint of its first ``n`` shards."""
         source = self.sources[k]
@@ -414,9 +419,8 @@ class PiKEStreamingMixer(IterableDataset):
         if not {"dtype", "tokenizer"} <= set(manifest):
             return None
         hashes = [shard.file_pairs[0][0].hashes.get("sha1") for shard in source.shards]
-        for n in range(1, len(hashes)):
-            if None in hashes[:n]:
-                return None
+        hashed = hashes.index(None) if None in hashes else len(hashes)  # the prefix every shard of has a sha1
+        for n in range(1, min(hashed + 1, len(hashes))):
             if manifest_fingerprint(source.seq_len, manifest["dtype"], manifest["tokenizer"],
                                     hashes[:n]) == fingerprint:  # type: ignore[arg-type]
                 return n

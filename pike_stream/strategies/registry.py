@@ -131,37 +131,38 @@ def _adaptive_initial(sizes: np.ndarray, initial: str, min_weight: float) -> np.
 
 
 @dataclass(frozen=True, kw_only=True)
-class UniformStrategy:
+class _FixedStrategy:
+    """A static strategy whose weights never change after :meth:`initial_weights`."""
+
+    adaptive: ClassVar[bool] = False
+
+    def weights(self, step: int, previous: np.ndarray, stats: DomainStats | None, batch_size: int) -> np.ndarray:
+        """The weights never change: ``previous`` (the initial weights) for every step."""
+        return _previous(step, previous, stats, batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniformStrategy(_FixedStrategy):
     """The same share for every domain, ``w_k = 1/K`` (the paper's "Mix"). No options."""
 
     name: ClassVar[str] = "uniform"
-    adaptive: ClassVar[bool] = False
 
     def initial_weights(self, sizes: np.ndarray) -> np.ndarray:
         return uniform_weights(check_sizes(sizes).size)
 
-    def weights(self, step: int, previous: np.ndarray, stats: DomainStats | None, batch_size: int) -> np.ndarray:
-        """The weights never change: ``previous`` (the initial weights) for every step."""
-        return _previous(step, previous, stats, batch_size)
-
 
 @dataclass(frozen=True, kw_only=True)
-class ProportionalStrategy:
+class ProportionalStrategy(_FixedStrategy):
     """Shares proportional to domain sizes, ``w_k = n_k/Σ n`` (plain concatenation). No options."""
 
     name: ClassVar[str] = "proportional"
-    adaptive: ClassVar[bool] = False
 
     def initial_weights(self, sizes: np.ndarray) -> np.ndarray:
         return proportional_weights(sizes)
 
-    def weights(self, step: int, previous: np.ndarray, stats: DomainStats | None, batch_size: int) -> np.ndarray:
-        """The weights never change: ``previous`` (the initial weights) for every step."""
-        return _previous(step, previous, stats, batch_size)
-
 
 @dataclass(frozen=True, kw_only=True)
-class TemperatureStrategy:
+class TemperatureStrategy(_FixedStrategy):
     """Temperature sampling ``w_k ∝ n_k^(1/T)``.
 
     Options:
@@ -169,7 +170,6 @@ class TemperatureStrategy:
     """
 
     name: ClassVar[str] = "temperature"
-    adaptive: ClassVar[bool] = False
     temperature: float = 2.0
 
     def __post_init__(self) -> None:
@@ -177,10 +177,6 @@ class TemperatureStrategy:
 
     def initial_weights(self, sizes: np.ndarray) -> np.ndarray:
         return temperature_weights(sizes, self.temperature)
-
-    def weights(self, step: int, previous: np.ndarray, stats: DomainStats | None, batch_size: int) -> np.ndarray:
-        """The weights never change: ``previous`` (the initial weights) for every step."""
-        return _previous(step, previous, stats, batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)

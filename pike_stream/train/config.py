@@ -159,6 +159,9 @@ class RampupConfig:
     increment: int
     samples: int
 
+    def ramp(self) -> BatchRamp:
+        return BatchRamp(self.start, self.increment, self.samples)
+
 
 @dataclass(kw_only=True)
 class EvalLoaderConfig:
@@ -302,8 +305,7 @@ class TrainConfig:
 
     @property
     def batch_ramp(self) -> BatchRamp | None:
-        ramp = self.rampup_batch_size
-        return None if ramp is None else BatchRamp(ramp.start, ramp.increment, ramp.samples)
+        return None if self.rampup_batch_size is None else self.rampup_batch_size.ramp()
 
     def batches(self, duration: str, key: str) -> int:
         """``duration`` (``Nba`` or ``Ntok``) in whole global batches (tokens rounded up; along the batch-size
