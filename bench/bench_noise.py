@@ -48,6 +48,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+
 from bench_headroom import ORACLE_PROBE  # noqa: E402
 from curves import (  # noqa: E402
     avg_curve,

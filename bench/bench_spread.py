@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+
 from curves import final_losses  # noqa: E402
 from runs import BATCH, SEQ_LEN, Runner, add_common_arguments, check_data, regenerate  # noqa: E402
 

@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses  # noqa: E402
 
