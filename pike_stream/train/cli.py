@@ -15,8 +15,10 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pike_stream.storage import StorageError
@@ -78,12 +80,7 @@ def train(cfg: TrainConfig) -> None:
                 print(f"the run already trained {done} of max_duration={cfg.max_duration} steps (checkpoints in "
                       f"{cfg.save_folder}); nothing to train. Raise max_duration to continue it.", flush=True)
         else:
-            try:
-                trainer.fit()
-            except (KeyboardInterrupt, SystemExit) as stop:
-                # Composer turns SIGINT into sys.exit(130) (composer.core.engine), so atexit hooks run.
-                if not _is_interrupt(stop):
-                    raise
+            if _fit_interruptibly(trainer.fit):
                 step = int(trainer.state.timestamp.batch)
                 interrupted = True
                 _drop_interrupted_uploads(trainer)
@@ -103,6 +100,50 @@ def train(cfg: TrainConfig) -> None:
         summary, paths = write_report(cfg.resolved_run_folder)
         print(f"\n{summary.table()}\n\nweights: {paths['weights']}\nlosses:  {paths['losses']}\n"
               f"report:  {paths['report']}", flush=True)
+
+
+def _fit_interruptibly(fit: Callable[[], Any]) -> bool:
+    """Run ``fit``; True if Ctrl-C stopped it, False if it finished (any other error is raised).
+
+    Composer turns SIGINT into ``sys.exit(130)`` (composer.core.engine), raised wherever the main thread is.
+    Inside some library code that exception does not come out as itself: raised within a ``torch.vmap`` (which
+    transformers uses to build attention masks), it trips an internal assert, and a ``RuntimeError`` comes out
+    instead. So whatever ends ``fit`` after a SIGINT arrived is the interruption, and the finalizers of the code
+    it broke off (the unraisable errors Python prints as "Exception ignored in …") are logged at debug level
+    instead of printed: Ctrl-C stays one line.
+    """
+    interrupted = threading.Event()
+    previous_handler = signal.getsignal(signal.SIGINT)
+    previous_hook = sys.unraisablehook
+
+    def note(signum: int, frame: Any) -> None:
+        interrupted.set()
+        if callable(previous_handler):
+            previous_handler(signum, frame)
+        elif previous_handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def hook(unraisable: Any) -> None:
+        if not interrupted.is_set():
+            previous_hook(unraisable)
+            return
+        log.debug("after Ctrl-C: %s in %r", unraisable.exc_value, unraisable.object)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGINT, note)
+    sys.unraisablehook = hook
+    try:
+        fit()
+    except BaseException as stop:
+        if not (_is_interrupt(stop) or interrupted.is_set()):
+            raise
+        return True
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
+        sys.unraisablehook = previous_hook
+    return False
 
 
 def _is_interrupt(stop: BaseException) -> bool:
