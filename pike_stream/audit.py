@@ -156,7 +156,7 @@ def audit_run(folder: str | Path, *, first: int = 0, last: int | None = None,
     domains = [Domain(**asdict(d)) for d in tl.domains]
     with PiKEStreamingMixer(domains, cfg.global_train_batch_size, seed=cfg.seed, weights=tl.weights, rank=0,
                             world_size=1, shuffle_algo=tl.shuffle_algo, read_ahead=0, read_ahead_workers=1,
-                            batch_ramp=cfg.batch_ramp) as mixer:
+                            batch_ramp=cfg.batch_ramp, partitions=tl.partitions) as mixer:
         sizes = np.array(list(mixer.domain_sizes.values()))
         k = len(names)
         drawn, expected = np.zeros(k, np.int64), np.zeros(k)

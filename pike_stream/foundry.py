@@ -151,7 +151,7 @@ def build_pike_dataloader(tokenizer: Any = None, device_batch_size: int | float 
                                    read_ahead_workers=loader.read_ahead_workers, cache_limit=loader.cache_limit,
                                    allow_batch_size_change=loader.allow_batch_size_change,
                                    allow_domain_changes=loader.allow_domain_changes,
-                                   allow_data_growth=loader.allow_data_growth,
+                                   allow_data_growth=loader.allow_data_growth, partitions=loader.partitions,
                                    batch_ramp=None if loader.rampup_batch_size is None
                                    else loader.rampup_batch_size.ramp())
     except (TypeError, ValueError) as error:

@@ -93,7 +93,7 @@ def test_the_epoch_in_progress_keeps_its_order_and_new_samples_start_in_the_next
     assert set(de[SIZES[0]:]) & set(range(SIZES[0], SIZES[1]))  # the new samples are drawn
     assert drawn(head + tail, 0) == drawn(reference, 0)  # en is untouched
     state = grown.state_dict()
-    assert state["version"] == 4
+    assert state["version"] == 5
     assert state["domains"]["de"]["grown"] == [[2, SIZES[0]]]
     assert state["domains"]["de"]["fingerprint"] == grown.sources[1].fingerprint
     assert state["domains"]["en"]["grown"] == []

@@ -137,7 +137,7 @@ def test_state_is_small_and_json_serialisable(data_root):
     run(mixer, 0, 50)
     state = mixer.state_dict(50 * B, True)
     assert len(json.dumps(state)) < 2000  # positions and weights, no sample lists
-    assert state["version"] == 4 and set(state["domains"]) == set(SIZES)
+    assert state["version"] == 5 and set(state["domains"]) == set(SIZES)
 
 
 def test_state_for_a_step_already_passed(data_root):

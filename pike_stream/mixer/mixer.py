@@ -22,6 +22,10 @@ deterministic, resumes exactly and never moves the training cursors:
     probe ids_k ← probe_order_k[probed_k : probed_k + m];   probed_k += m
     global probe batch = concat_k [(k, id) for id in probe ids_k];   this rank's part = [rank :: world_size]
 
+With ``partitions=P`` (:mod:`pike_stream.mixer.partitions`), each domain's samples are split into ``P``
+ranges with their own orders and cursors; each domain's count is split over them, and node ``j`` of ``N``
+(``N`` dividing ``P``) reads only its partitions' samples, so it downloads about ``1/N`` of the corpus.
+
 A step's cursors move only once its batch has been read: a step whose read fails (storage down past
 ``retry_seconds``) can be taken again and yields the batch the uninterrupted run gets. ``close()`` (or a
 ``with`` block) stops the shard read-ahead threads.
@@ -35,7 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,12 +51,14 @@ from converters.manifest import fingerprint as manifest_fingerprint
 from pike_stream.mixer.batch_size import BatchRamp, batch_size_at
 from pike_stream.mixer.domain import Domain, DomainSource
 from pike_stream.mixer.order import DomainOrder, domain_seed
+from pike_stream.mixer.partitions import PartitionedOrder, node_of_rank, slot_capacities, split_counts
 from pike_stream.mixer.shards import ShardCache
 from pike_stream.mixer.state import MixerState, MixerStateError
 from pike_stream.strategies.apportion import apportion
 from pike_stream.strategies.checks import check_domain_weights
 
-__all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size", "plan_batch"]
+__all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size", "plan_batch", "plan_partitioned_batch",
+           "rank_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,17 @@ PROBE_SEED_SALT = 0x9E3779B1
 """Mixed into each domain's seed for its probe order, so the probe order is independent of the training order."""
 
 _HISTORY = 64  # states of recent steps kept so ``state_dict(num_samples)`` can name a step already passed
+
+
+class _Plan(NamedTuple):
+    """A global batch decided but not yet committed: what it holds and how it moves the cursors."""
+
+    domain: np.ndarray            # [B] domain index of each sample, domain-major
+    sample_id: np.ndarray         # [B] sample id within its domain
+    partition: np.ndarray | None  # [B] partition of each sample (None without partitions)
+    counts: np.ndarray            # [K] samples of each domain
+    carry: np.ndarray             # [K] rounding carries after it
+    split: np.ndarray | None      # [K, P] samples of each domain's partitions (None without partitions)
 
 
 class PiKEStreamingMixer(IterableDataset):
@@ -91,6 +108,11 @@ class PiKEStreamingMixer(IterableDataset):
         allow_data_growth: let :meth:`load_state_dict` resume a state saved when a domain had fewer shards: its
             saved fingerprint must be that of its first shards (shards were appended, none changed). The domain
             epoch in progress keeps its order; the new samples start in the next one (logged as a warning).
+        partitions: split each domain into this many partitions so that each node reads only its own
+            (mosaicml-streaming's ``num_canonical_nodes``): the node count must divide it. None (default): every
+            rank reads from every shard. Batches depend on it, not on the node count; resuming needs the same.
+        local_world_size: ranks per node (default: ``LOCAL_WORLD_SIZE`` as torchrun and Composer's launcher set
+            it, else all ranks on one node). Node ``j`` holds global ranks ``j·L … j·L + L − 1``.
 
     Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
     ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
@@ -104,10 +126,15 @@ class PiKEStreamingMixer(IterableDataset):
                  read_ahead: int = 2, read_ahead_workers: int = 4, cache_limit: int | str | None = None,
                  retry_seconds: float = 120.0, batch_ramp: BatchRamp | None = None,
                  allow_batch_size_change: bool = False, allow_domain_changes: bool = False,
-                 allow_data_growth: bool = False) -> None:
+                 allow_data_growth: bool = False, partitions: int | None = None,
+                 local_world_size: int | None = None) -> None:
         super().__init__()
         rank, world_size = _resolve_rank(rank, world_size)
         _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
+        if local_world_size is None:
+            local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+        self.node, self.nodes, self.local_rank = node_of_rank(rank, world_size, local_world_size)
+        self.partitions = _check_partitions(partitions, self.nodes, world_size, local_world_size, allow_data_growth)
         if shuffle_algo not in SHUFFLE_ALGOS:
             raise ValueError(f"shuffle_algo {shuffle_algo!r} is not one of streaming's {sorted(SHUFFLE_ALGOS)}")
         try:
@@ -138,18 +165,34 @@ class PiKEStreamingMixer(IterableDataset):
                        for s in self.sources]
         self.probe_orders = [DomainOrder(s.shard_sizes, domain_seed(self.seed, s.name) ^ PROBE_SEED_SALT,
                                          shuffle_algo, shuffle_block_size) for s in self.sources]
+        self.part_orders: list[PartitionedOrder] = []
+        self.probe_part_orders: list[PartitionedOrder] = []
+        if self.partitions is not None:
+            try:
+                self.part_orders = [PartitionedOrder(s.shard_sizes, domain_seed(self.seed, s.name), self.partitions,
+                                                     shuffle_algo, shuffle_block_size) for s in self.sources]
+                self.probe_part_orders = [
+                    PartitionedOrder(s.shard_sizes, domain_seed(self.seed, s.name) ^ PROBE_SEED_SALT, self.partitions,
+                                     shuffle_algo, shuffle_block_size) for s in self.sources]
+            except ValueError as error:
+                small = min(self.sources, key=lambda s: s.num_samples)
+                raise ValueError(f"partitions={self.partitions}: domain {small.name!r} has {small.num_samples} "
+                                 f"samples ({error})") from None
         self.shards = ShardCache(self.sources, workers=read_ahead_workers, cache_limit=limit,
                                  retry_seconds=retry_seconds)
         self._finalizer = weakref.finalize(self, self.shards.close)
 
         k = len(domains)
-        self._state = MixerState(0, np.zeros(k, np.int64), np.zeros(k, np.float64), initial, np.zeros(k, np.int64))
+        self._state = MixerState(0, np.zeros(k, np.int64), np.zeros(k, np.float64), initial, np.zeros(k, np.int64),
+                                 partitions=self.partitions)
         self._history: deque[MixerState] = deque(maxlen=_HISTORY)
         ramped = "" if batch_ramp is None else (f" (ramped up from {batch_ramp.start} by {batch_ramp.increment} "
                                                 f"over the first {batch_ramp.samples} samples)")
-        log.info("PiKEStreamingMixer: %d domains (%s), global batch %d%s, rank %d of %d, seq_len %d, seed %d",
+        parted = "" if self.partitions is None else (f", {self.partitions} partitions per domain (node {self.node} "
+                                                     f"of {self.nodes} reads {self.partitions // self.nodes})")
+        log.info("PiKEStreamingMixer: %d domains (%s), global batch %d%s, rank %d of %d%s, seq_len %d, seed %d",
                  k, ", ".join(f"{s.name}: {s.num_samples} samples in {len(s.shards)} shards" for s in self.sources),
-                 self.global_batch_size, ramped, rank, world_size, self.seq_len, self.seed)
+                 self.global_batch_size, ramped, rank, world_size, parted, self.seq_len, self.seed)
 
     # ----------------------------------------------------------------------------------------- weights
     @property
@@ -219,21 +262,29 @@ class PiKEStreamingMixer(IterableDataset):
         Returns ``(domain, sample_id)`` arrays of length :attr:`batch_size` (or ``batch_size``, to replay a
         run whose batch size changed on resume), domain-major. Reads no data.
         """
-        domain, sample_id, counts, carry = self._plan(batch_size)
-        self._commit(counts, carry)
-        return domain, sample_id
+        plan = self._plan(batch_size)
+        self._commit(plan)
+        return plan.domain, plan.sample_id
 
-    def _plan(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The next global batch and the counts and carries it leaves; the state is not touched."""
+    def _plan(self, batch_size: int | None = None) -> _Plan:
+        """The next global batch and how it moves the cursors; the state is not touched."""
         state = self._state
-        return plan_batch(self.orders, state.consumed, state.weights, state.carry,
-                          self.batch_size if batch_size is None else batch_size)
+        size = self.batch_size if batch_size is None else batch_size
+        if self.partitions is None:
+            domain, sample_id, counts, carry = plan_batch(self.orders, state.consumed, state.weights, state.carry, size)
+            return _Plan(domain, sample_id, None, counts, carry, None)
+        assert state.part_consumed is not None
+        return _Plan(*plan_partitioned_batch(self.part_orders, state.part_consumed, state.weights, state.carry, size,
+                                             state.samples))
 
-    def _commit(self, counts: np.ndarray, carry: np.ndarray) -> None:
+    def _commit(self, plan: _Plan) -> None:
         state = self._state
         self._history.append(state.copy())
-        state.consumed = state.consumed + counts
-        state.carry = carry
+        state.consumed = state.consumed + plan.counts
+        state.carry = plan.carry
+        if plan.split is not None:
+            assert state.part_consumed is not None
+            state.part_consumed = state.part_consumed + plan.split
         state.step += 1
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -250,9 +301,9 @@ class PiKEStreamingMixer(IterableDataset):
         The cursors advance only once the part is read: if reading fails (the error says why), calling
         again retries the same step.
         """
-        domain, sample_id, counts, carry = self._plan()
-        batch = self._read_part(domain, sample_id)
-        self._commit(counts, carry)
+        plan = self._plan()
+        batch = self._read_part(plan.domain, plan.sample_id, plan.partition)
+        self._commit(plan)
         self._read_ahead()
         return batch
 
@@ -267,15 +318,29 @@ class PiKEStreamingMixer(IterableDataset):
 
         Returns ``(domain, sample_id)`` arrays of length ``K · samples_per_domain``, domain-major.
         """
-        domain, sample_id = self._plan_probe(samples_per_domain)
-        self._state.probed = self._state.probed + samples_per_domain
-        return domain, sample_id
+        plan = self._plan_probe(samples_per_domain)
+        self._commit_probe(plan)
+        return plan.domain, plan.sample_id
 
-    def _plan_probe(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def _plan_probe(self, m: int) -> _Plan:
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
             raise ValueError(f"samples_per_domain must be a positive integer, got {m!r}")
-        ids = [order.take(int(self._state.probed[k]), int(m)) for k, order in enumerate(self.probe_orders)]
-        return np.repeat(np.arange(len(ids)), m), np.concatenate(ids)
+        k, state = len(self.sources), self._state
+        counts = np.full(k, int(m), dtype=np.int64)
+        if self.partitions is None:
+            ids = [order.take(int(state.probed[d]), int(m)) for d, order in enumerate(self.probe_orders)]
+            return _Plan(np.repeat(np.arange(k), m), np.concatenate(ids), None, counts, state.carry, None)
+        assert state.part_probed is not None
+        domain, sample_id, partition, split = _partitioned_ids(self.probe_part_orders, state.part_probed, counts,
+                                                               int(state.probed.sum()))
+        return _Plan(domain, sample_id, partition, counts, state.carry, split)
+
+    def _commit_probe(self, plan: _Plan) -> None:
+        state = self._state
+        state.probed = state.probed + plan.counts
+        if plan.split is not None:
+            assert state.part_probed is not None
+            state.part_probed = state.part_probed + plan.split
 
     def probe_batch(self, samples_per_domain: int) -> dict[str, torch.Tensor]:
         """This rank's part of the next probe batch (:meth:`compose_probe`), in the layout of a training batch.
@@ -284,13 +349,18 @@ class PiKEStreamingMixer(IterableDataset):
         part of the checkpoint state, so a resumed run draws the same probe batches. The probe cursors advance
         only once the part is read.
         """
-        batch = self._read_part(*self._plan_probe(samples_per_domain))
-        self._state.probed = self._state.probed + samples_per_domain
+        plan = self._plan_probe(samples_per_domain)
+        batch = self._read_part(plan.domain, plan.sample_id, plan.partition)
+        self._commit_probe(plan)
         return batch
 
-    def _read_part(self, domain: np.ndarray, sample_id: np.ndarray) -> dict[str, torch.Tensor]:
-        """Read this rank's part (positions ``rank :: world_size``) of a global list of (domain, sample id)."""
-        domain, sample_id = domain[self.rank::self.world_size], sample_id[self.rank::self.world_size]
+    def _read_part(self, domain: np.ndarray, sample_id: np.ndarray,
+                   partition: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Read this rank's part of a global list of (domain, sample id): positions ``rank :: world_size``, or
+        with partitions, this node's samples (:func:`rank_positions`)."""
+        mine = rank_positions(len(domain), self.rank, self.world_size, partition, self.nodes, self.node,
+                              self.local_rank)
+        domain, sample_id = domain[mine], sample_id[mine]
         if self.shards.closed:
             raise RuntimeError("this PiKEStreamingMixer is closed")
         tokens = np.empty((len(sample_id), self.seq_len), dtype=np.int64)
@@ -313,15 +383,16 @@ class PiKEStreamingMixer(IterableDataset):
             return
         expected: list[tuple[float, int, tuple[int, int]]] = []
         batch = self.batch_size
-        for k, (source, order) in enumerate(zip(self.sources, self.orders)):
+        for k, source in enumerate(self.sources):
             rate = float(self._state.weights[k]) * batch  # samples of domain k per step
             if rate <= 0:
                 continue
-            window = min(order.num_samples, 2 * self.read_ahead * int(source.shard_sizes.max()))
-            upcoming, _ = source.locate(order.take(int(self._state.consumed[k]), window))
-            shards, first = np.unique(upcoming, return_index=True)
-            # the (p+1)-th upcoming sample of the domain is expected after (p+1)/rate steps
-            expected += [(float(p + 1) / rate, k, (k, int(s))) for s, p in zip(shards, first)]
+            window = min(source.num_samples, 2 * self.read_ahead * int(source.shard_sizes.max()))
+            for upcoming_ids, stream_rate in self._upcoming(k, window, rate):
+                upcoming, _ = source.locate(upcoming_ids)
+                shards, first = np.unique(upcoming, return_index=True)
+                # the (p+1)-th upcoming sample of the stream is expected after (p+1)/rate steps
+                expected += [(float(p + 1) / stream_rate, k, (k, int(s))) for s, p in zip(shards, first)]
         expected.sort()
         # First every drawn domain's next shard (a rarely drawn domain's next sample is not left to a
         # download when it comes) and every shard the next batch is expected to read; then the soonest others
@@ -333,6 +404,18 @@ class PiKEStreamingMixer(IterableDataset):
                 break
             keys.setdefault(key)
         self.shards.prefetch(list(keys), {key: steps for steps, _, key in expected})
+
+    def _upcoming(self, k: int, window: int, rate: float) -> list[tuple[np.ndarray, float]]:
+        """Domain ``k``'s next ``window`` samples that this rank's node reads, per stream it reads them from
+        (the domain's order, or each partition this node owns), with that stream's samples per step."""
+        state = self._state
+        if self.partitions is None:
+            return [(self.orders[k].take(int(state.consumed[k]), window), rate)]
+        assert state.part_consumed is not None
+        order = self.part_orders[k]
+        owned = range(self.node, self.partitions, self.nodes)
+        return [(order.take(p, int(state.part_consumed[k, p]), min(int(order.sizes[p]), window)),
+                 rate / self.partitions) for p in owned]
 
     def dataloader(self, *, pin_memory: bool = False, num_workers: int = 0) -> DataLoader:
         """A torch DataLoader over this mixer (its ``.dataset``), yielding this rank's batches."""
@@ -374,7 +457,7 @@ class PiKEStreamingMixer(IterableDataset):
         self._state = MixerState.from_dict(obj, names=self.domain_names,
                                            fingerprints=[s.fingerprint for s in self.sources],
                                            global_batch_size=self.global_batch_size, ramp=self.batch_ramp,
-                                           seed=self.seed, shuffle=self._shuffle,
+                                           seed=self.seed, shuffle=self._shuffle, partitions=self.partitions,
                                            allow_batch_size_change=self.allow_batch_size_change,
                                            allow_domain_changes=self.allow_domain_changes,
                                            initial_weights=self._initial_weights,
@@ -427,6 +510,43 @@ class PiKEStreamingMixer(IterableDataset):
         return None
 
 
+def plan_partitioned_batch(orders: Sequence[PartitionedOrder], cursors: np.ndarray, weights: np.ndarray,
+                           carry: np.ndarray, batch_size: int, offset: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A global batch with partitions (:mod:`pike_stream.mixer.partitions`): ``(domain, sample_id, partition)``
+    domain-major (and partition-major within a domain), the counts and carries it leaves, and ``split[k, p]``,
+    the samples it takes from each domain's partitions. ``cursors[k, p]``: samples drawn from them so far;
+    ``offset``: samples composed before the batch. Pure."""
+    counts, carry = apportion(weights, batch_size, carry)
+    domain, sample_id, partition, split = _partitioned_ids(orders, cursors, counts, offset)
+    return domain, sample_id, partition, counts, carry, split
+
+
+def _partitioned_ids(orders: Sequence[PartitionedOrder], cursors: np.ndarray, counts: np.ndarray, offset: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    split = split_counts(counts, cursors, slot_capacities(int(counts.sum()), offset, orders[0].partitions))
+    domain, ids, partition = [], [], []
+    for k, order in enumerate(orders):
+        for p in np.flatnonzero(split[k]):
+            ids.append(order.take(int(p), int(cursors[k, p]), int(split[k, p])))
+            domain.append(np.full(split[k, p], k, dtype=np.int64))
+            partition.append(np.full(split[k, p], p, dtype=np.int64))
+    empty = np.zeros(0, dtype=np.int64)
+    return (np.concatenate(domain) if domain else empty, np.concatenate(ids) if ids else empty,
+            np.concatenate(partition) if partition else empty, split)
+
+
+def rank_positions(length: int, rank: int, world_size: int, partition: np.ndarray | None = None, nodes: int = 1,
+                   node: int = 0, local_rank: int | None = None) -> np.ndarray:
+    """The positions of a global batch of ``length`` that rank ``rank`` reads: ``rank :: world_size``; with
+    ``partition`` (each position's), the positions of node ``node``'s partitions (``p ≡ node mod nodes``),
+    taken in turn by its ``world_size / nodes`` ranks (this one is ``local_rank`` among them)."""
+    if partition is None:
+        return np.arange(rank, length, world_size)
+    local = world_size // nodes
+    return np.flatnonzero(partition % nodes == node)[(rank % local if local_rank is None else local_rank)::local]
+
+
 def plan_batch(orders: Sequence[DomainOrder], consumed: np.ndarray, weights: np.ndarray, carry: np.ndarray,
                batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A global batch from the domains' orders and cursors, the weights in force and the rounding carries:
@@ -445,6 +565,22 @@ def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     else:
         found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return (found[0] if rank is None else int(rank)), (found[1] if world_size is None else int(world_size))
+
+
+def _check_partitions(partitions: int | None, nodes: int, world_size: int, local_world_size: int,
+                      allow_data_growth: bool) -> int | None:
+    if partitions is None:
+        return None
+    if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)) or partitions < 1:
+        raise ValueError(f"partitions must be a positive integer (or None), got {partitions!r}")
+    if partitions % nodes:
+        raise ValueError(f"partitions={partitions} is not divisible by this run's {nodes} nodes (world_size "
+                         f"{world_size}, local_world_size {local_world_size}): a node reads whole partitions; "
+                         f"choose partitions a multiple of every node count the run will use")
+    if allow_data_growth:
+        raise ValueError("allow_data_growth does not work with partitions (a grown domain would move every "
+                         "partition's boundaries); use one or the other")
+    return int(partitions)
 
 
 def _check_arguments(domains: Sequence[Domain], global_batch_size: int, rank: int, world_size: int,

@@ -10,7 +10,10 @@ order where it stopped. The samples composed so far, which decide the next batch
 sample count, are the sum of all cursors, retired ones included. Version 4 adds, per domain, the segments of a
 domain whose data grew (``grown`` for the training order, ``probe_grown`` for the probe order; see
 :mod:`pike_stream.mixer.order`): a resume with ``allow_data_growth`` accepts a domain whose saved fingerprint is
-that of a prefix of its shards, and its new samples start at the next epoch boundary of each order.
+that of a prefix of its shards, and its new samples start at the next epoch boundary of each order. Version 5
+adds ``partitions`` (None, or the partition count of :mod:`pike_stream.mixer.partitions`) and, with
+partitions, each domain's cursors per partition (``partition_consumed``, ``partition_probed``; they sum to
+its cursors). A resume needs the same partition count; the node count is free (any that divides it).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from pike_stream.strategies.simplex import with_added
 __all__ = ["MixerState", "MixerStateError", "STATE_FORMAT", "STATE_VERSION"]
 
 STATE_FORMAT = "pike_stream.mixer"
-STATE_VERSION = 4
-_READABLE_VERSIONS = (1, 2, 3, 4)
+STATE_VERSION = 5
+_READABLE_VERSIONS = (1, 2, 3, 4, 5)
 Segments = list[tuple[int, int]]
 """A grown domain's earlier sizes: ``(shards, until)`` per segment (:meth:`DomainOrder.set_grown`)."""
 
@@ -49,11 +52,18 @@ class MixerState:
     retired: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → its entry when it left the run
     grown: list[Segments] = field(default_factory=list)  # [K] earlier sizes of the training order (empty: none)
     probe_grown: list[Segments] = field(default_factory=list)  # [K] the same for the probe order
+    partitions: int | None = None  # the partition count (None: no partitions)
+    part_consumed: np.ndarray | None = None  # [K, P] int64: samples drawn from each domain's partitions
+    part_probed: np.ndarray | None = None    # [K, P] int64: the same for the probe orders
 
     def __post_init__(self) -> None:
         k = len(self.consumed)
         self.grown = self.grown or [[] for _ in range(k)]
         self.probe_grown = self.probe_grown or [[] for _ in range(k)]
+        if self.partitions is not None:
+            empty = np.zeros((k, self.partitions), dtype=np.int64)
+            self.part_consumed = empty.copy() if self.part_consumed is None else self.part_consumed
+            self.part_probed = empty.copy() if self.part_probed is None else self.part_probed
 
     @property
     def samples(self) -> int:
@@ -63,7 +73,9 @@ class MixerState:
     def copy(self) -> MixerState:
         return MixerState(self.step, self.consumed.copy(), self.carry.copy(), self.weights.copy(),
                           self.probed.copy(), {name: dict(entry) for name, entry in self.retired.items()},
-                          [list(g) for g in self.grown], [list(g) for g in self.probe_grown])
+                          [list(g) for g in self.grown], [list(g) for g in self.probe_grown], self.partitions,
+                          None if self.part_consumed is None else self.part_consumed.copy(),
+                          None if self.part_probed is None else self.part_probed.copy())
 
     def to_dict(self, *, names: list[str], fingerprints: list[str], global_batch_size: int,
                 ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any]) -> dict[str, Any]:
@@ -76,20 +88,24 @@ class MixerState:
             "seed": int(seed),
             "shuffle": dict(shuffle),
             "domain_order": list(names),
-            "domains": {
-                name: {"consumed": int(self.consumed[k]), "carry": float(self.carry[k]),
-                       "weight": float(self.weights[k]), "probed": int(self.probed[k]),
-                       "fingerprint": fingerprints[k],
-                       "grown": [[int(n), int(u)] for n, u in self.grown[k]],
-                       "probe_grown": [[int(n), int(u)] for n, u in self.probe_grown[k]]}
-                for k, name in enumerate(names)
-            },
+            "partitions": self.partitions,
+            "domains": {name: self._domain_entry(k, fingerprints[k]) for k, name in enumerate(names)},
             "retired": {name: dict(entry) for name, entry in self.retired.items()},
         }
 
+    def _domain_entry(self, k: int, fingerprint: str) -> dict[str, Any]:
+        entry = {"consumed": int(self.consumed[k]), "carry": float(self.carry[k]), "weight": float(self.weights[k]),
+                 "probed": int(self.probed[k]), "fingerprint": fingerprint,
+                 "grown": [[int(n), int(u)] for n, u in self.grown[k]],
+                 "probe_grown": [[int(n), int(u)] for n, u in self.probe_grown[k]]}
+        if self.part_consumed is not None and self.part_probed is not None:
+            entry["partition_consumed"] = [int(c) for c in self.part_consumed[k]]
+            entry["partition_probed"] = [int(c) for c in self.part_probed[k]]
+        return entry
+
     @classmethod
     def from_dict(cls, obj: Any, *, names: list[str], fingerprints: list[str], global_batch_size: int,
-                  ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any],
+                  ramp: BatchRamp | None, seed: int, shuffle: dict[str, Any], partitions: int | None = None,
                   allow_batch_size_change: bool = False, allow_domain_changes: bool = False,
                   initial_weights: np.ndarray | None = None,
                   shard_sizes: Sequence[np.ndarray] | None = None,
@@ -135,6 +151,11 @@ class MixerState:
         saved_shuffle = _field(obj, "shuffle", dict)
         if saved_shuffle != shuffle:
             raise MixerStateError(f"the checkpoint was made with shuffle {saved_shuffle}, this run has {shuffle}")
+        saved_partitions = obj.get("partitions") if version >= 5 else None
+        if saved_partitions != partitions:
+            raise MixerStateError(f"the checkpoint was made with partitions={saved_partitions}, this run has "
+                                  f"partitions={partitions}: the batches would differ (the node count may change, "
+                                  f"the partition count may not)")
         saved = _field(obj, "domains", dict)
         retired = _field(obj, "retired", dict) if version >= 3 else {}
         if set(saved) != set(names) and not allow_domain_changes:
@@ -175,7 +196,16 @@ class MixerState:
                     weights=np.array([weight.get(n, 0.0) for n in names], dtype=np.float64),
                     probed=np.array([probed.get(n, 0) for n in names], dtype=np.int64),
                     retired={n: dict(entry) for n, entry in pool.items() if n not in names},
-                    grown=[grown.get(n, []) for n in names], probe_grown=[probe_grown.get(n, []) for n in names])
+                    grown=[grown.get(n, []) for n in names], probe_grown=[probe_grown.get(n, []) for n in names],
+                    partitions=partitions)
+        if partitions is not None:
+            for k, n in enumerate(names):
+                if n in known:
+                    assert state.part_consumed is not None and state.part_probed is not None
+                    state.part_consumed[k] = _partition_cursors(pool[n], "partition_consumed", n, partitions,
+                                                                int(state.consumed[k]))
+                    state.part_probed[k] = _partition_cursors(pool[n], "partition_probed", n, partitions,
+                                                              int(state.probed[k]))
         for n, shards in prefix.items():
             k = names.index(n)
             assert shards is not None and shard_sizes is not None
@@ -208,6 +238,15 @@ def _segments(entry: dict[str, Any], key: str, name: str) -> Segments:
         raise MixerStateError(f"malformed mixer state: field domains.{name}.{key} must be a list of "
                               f"[shards, until] pairs, got {value!r}")
     return [(int(n), int(u)) for n, u in value]
+
+
+def _partition_cursors(entry: dict[str, Any], key: str, name: str, partitions: int, total: int) -> list[int]:
+    value = entry.get(key)
+    if not (isinstance(value, list) and len(value) == partitions
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value) and sum(value) == total):
+        raise MixerStateError(f"malformed mixer state: field domains.{name}.{key} must be {partitions} counts ≥ 0 "
+                              f"summing to {total}, got {value!r}")
+    return value
 
 
 def _saved_ramp(obj: dict[str, Any]) -> BatchRamp | None:

@@ -81,6 +81,12 @@ def _check_batch_sizes(cfg: TrainConfig, world_size: int) -> int:
             raise ConfigError(f"device_train_microbatch_size={micro} does not divide the per-rank batch of "
                               f"{size // world_size} (a global batch of {size} over {world_size} ranks"
                               f"{'' if ramp is None else ', on the batch-size ramp'})")
+    partitions = cfg.train_loader.partitions
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+    if partitions is not None and world_size % local == 0 and partitions % (world_size // local):
+        raise ConfigError(f"train_loader.partitions={partitions} is not divisible by this run's "
+                          f"{world_size // local} nodes ({world_size} ranks, {local} per node): a node reads whole "
+                          f"partitions; choose a multiple of every node count the run will use")
     return cfg.global_train_batch_size // world_size
 
 
@@ -369,7 +375,8 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
                                cache_limit=cfg.train_loader.cache_limit, batch_ramp=cfg.batch_ramp,
                                allow_batch_size_change=cfg.train_loader.allow_batch_size_change,
                                allow_domain_changes=cfg.train_loader.allow_domain_changes,
-                               allow_data_growth=cfg.train_loader.allow_data_growth)
+                               allow_data_growth=cfg.train_loader.allow_data_growth,
+                               partitions=cfg.train_loader.partitions)
     _check_data(cfg, mixer)
     for source in mixer.sources:
         log.info("domain %r: %d samples (%d tokens) in %d shards at %s", source.name, source.num_samples,

@@ -135,7 +135,9 @@ class TrainLoaderConfig:
     ``allow_domain_changes`` resumes a checkpoint made with other ``domains``: new ones start at their share of
     ``weights`` (or uniform), missing ones are retired with their place kept, so adding one back continues it.
     ``allow_data_growth`` resumes a checkpoint made when a domain had fewer shards (shards appended, none
-    changed): its new samples start in its next domain epoch.
+    changed): its new samples start in its next domain epoch. ``partitions`` splits each domain into that many
+    partitions so that each node reads only its own (about ``1/N`` of the corpus on ``N`` nodes; the node
+    count must divide it, as mosaicml-streaming's ``num_canonical_nodes``); None: every rank reads every shard.
     """
 
     domains: list[DomainConfig]
@@ -147,6 +149,7 @@ class TrainLoaderConfig:
     allow_batch_size_change: bool = False
     allow_domain_changes: bool = False
     allow_data_growth: bool = False
+    partitions: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -347,6 +350,12 @@ def _check_semantics(cfg: TrainConfig) -> None:
     for key in ("max_seq_len", "global_train_batch_size"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {getattr(cfg, key)}")
+    partitions = cfg.train_loader.partitions
+    if partitions is not None and partitions <= 0:
+        raise ConfigError(f"train_loader.partitions: must be positive (or null: no partitions), got {partitions}")
+    if partitions is not None and cfg.train_loader.allow_data_growth:
+        raise ConfigError("train_loader.partitions and train_loader.allow_data_growth do not work together (a grown "
+                          "domain would move every partition's boundaries); set one of them")
     if cfg.rampup_batch_size is not None:
         try:
             ramp = cfg.batch_ramp

@@ -1,0 +1,137 @@
+"""Node-partitioned reads: each node reads only its share of every domain's shards.
+
+Without partitions, rank ``r`` of ``W`` takes positions ``r :: W`` of every global batch, so every shard's
+samples are spread over all ranks and every node downloads the whole corpus each epoch. With ``P``
+partitions (``PiKEStreamingMixer(partitions=P)``, as mosaicml-streaming's ``num_canonical_nodes``):
+
+- each domain's samples are split into ``P`` contiguous ranges (sizes differ by at most one sample; a shard
+  on a boundary is shared by two partitions); each range has its own shard-local shuffle per epoch
+  (:class:`PartitionedOrder`) and its own cursor;
+- the ``B`` slots of a global batch belong to partitions in turn: slot ``i`` to partition
+  ``(offset + i) mod P``, ``offset`` being the samples composed before the batch. That fixes how many samples
+  each partition gives (:func:`slot_capacities`);
+- each domain's count ``c_k`` (from the weights, as without partitions) is split over the partitions by
+  :func:`split_counts`: every domain's partitions advance together (each partition's cursor stays within a
+  sample or two of ``1/P`` of the domain's cursor), and every partition gives exactly its slots;
+- node ``j`` of ``N`` owns the partitions ``p ≡ j (mod N)`` (``N`` divides ``P``), so it reads
+  ``#{i : (offset + i) ≡ j (mod N)} = B/N`` samples of each batch, all from its own partitions; its ranks
+  (``LOCAL_WORLD_SIZE`` of them, global ranks ``j·L … j·L + L − 1`` as torchrun numbers them) take turns
+  over them. Every rank gets ``B/W`` samples.
+
+Nothing of this depends on ``N``: the global batches are the same on any node count that divides ``P``, and
+a resume on another such count is exact. With ``P = 1`` the batches are those of a mixer without partitions.
+
+Each partition draws without replacement within its own epochs. A domain's partitions are drawn at one rate,
+so where their sizes differ (by one sample, when ``P`` does not divide the domain's samples) the larger ones'
+epochs take a little longer and their samples come up ``1/size`` less often; the partitions' epochs drift
+apart by one sample per epoch. (Nodes read equal parts of every batch, so some such imbalance is unavoidable;
+mosaicml-streaming repeats samples to pad its partitions instead.)
+
+Pure functions and orders: no I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from pike_stream.mixer.order import DomainOrder
+
+__all__ = ["PartitionedOrder", "node_of_rank", "slot_capacities", "split_counts"]
+
+
+def partition_bounds(num_samples: int, partitions: int) -> np.ndarray:
+    """``P + 1`` sample indices: partition ``p`` holds samples ``[bounds[p], bounds[p + 1])``."""
+    return (np.arange(partitions + 1, dtype=np.int64) * num_samples) // partitions
+
+
+class PartitionedOrder:
+    """One domain's ``P`` partitions, each a :class:`DomainOrder` over its piece of the domain's shards.
+
+    Partition ``p``'s order walks its sample range's pieces of shards (a shard cut by a partition boundary
+    is two pieces) with streaming's shard-local shuffle, seeded by the domain's seed and ``p`` (partition 0
+    keeps the domain's seed: one partition is the unpartitioned order).
+    """
+
+    def __init__(self, shard_sizes: np.ndarray, seed: int, partitions: int, algo: str = "py1e",
+                 block_size: int = 1 << 18) -> None:
+        shard_sizes = np.asarray(shard_sizes, dtype=np.int64)
+        self.num_samples = int(shard_sizes.sum())
+        if not 1 <= partitions <= self.num_samples:
+            raise ValueError(f"{partitions} partitions of a domain of {self.num_samples} samples: each partition "
+                             f"needs at least one sample")
+        self.bounds = partition_bounds(self.num_samples, partitions)
+        shard_starts = np.concatenate([[0], np.cumsum(shard_sizes)])
+        self.parts: list[DomainOrder] = []
+        for p in range(partitions):
+            lo, hi = int(self.bounds[p]), int(self.bounds[p + 1])
+            cuts = np.unique(np.clip(shard_starts, lo, hi))  # shard boundaries inside [lo, hi], and lo, hi
+            self.parts.append(DomainOrder(np.diff(cuts), (seed + p * 7919) % (1 << 31), algo, block_size))
+        self.sizes = np.diff(self.bounds)
+
+    @property
+    def partitions(self) -> int:
+        return len(self.parts)
+
+    def take(self, partition: int, start: int, count: int) -> np.ndarray:
+        """Domain sample ids at positions ``[start, start + count)`` of partition ``partition``'s stream."""
+        return self.parts[partition].take(start, count) + self.bounds[partition]
+
+    def epoch_of(self, partition: int, position: int) -> int:
+        return position // int(self.sizes[partition])
+
+
+def slot_capacities(batch_size: int, offset: int, partitions: int) -> np.ndarray:
+    """Samples each partition gives to a batch of ``batch_size`` whose first slot is ``offset``:
+    ``#{i < batch_size : (offset + i) mod P = p}``."""
+    counts = np.full(partitions, batch_size // partitions, dtype=np.int64)
+    extra = batch_size % partitions
+    counts[(offset + np.arange(extra)) % partitions] += 1
+    return counts
+
+
+def split_counts(counts: np.ndarray, cursors: np.ndarray, capacities: np.ndarray) -> np.ndarray:
+    """How many samples each domain takes from each partition in one batch: ``n[k, p]``.
+
+    Rows sum to ``counts`` (each domain's count from the weights), columns to ``capacities``
+    (:func:`slot_capacities`; both sum to the batch size). Each sample goes, one at a time, to the (domain,
+    partition) furthest behind its equal share, ``(consumed_k + c_k) / P − cursor[k, p]`` less what this batch
+    already gave it, among the domains with samples left and partitions with slots left. Ties go to the lower
+    domain, then partition. Pure and deterministic (the same on every rank and on resume).
+
+    Args:
+        counts: ``[K]`` samples of each domain in this batch.
+        cursors: ``[K, P]`` samples drawn so far from each domain's partitions.
+        capacities: ``[P]`` slots of each partition in this batch.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    cursors = np.asarray(cursors, dtype=np.int64)
+    k, p = cursors.shape
+    if int(counts.sum()) != int(capacities.sum()):
+        raise ValueError(f"{int(counts.sum())} samples to place in {int(capacities.sum())} slots")
+    behind = (cursors.sum(axis=1) + counts)[:, None] / p - cursors  # [K, P]
+    taken = np.zeros((k, p), dtype=np.int64)
+    row_left, col_left = counts.copy(), np.asarray(capacities, dtype=np.int64).copy()
+    heap = [(-float(behind[d, q]), d, q) for d in range(k) for q in range(p) if row_left[d] and col_left[q]]
+    heapq.heapify(heap)
+    placed, total = 0, int(counts.sum())
+    while placed < total:
+        _, d, q = heapq.heappop(heap)
+        if not (row_left[d] and col_left[q]):
+            continue  # that domain is placed, or that partition full: for the rest of the batch
+        taken[d, q] += 1
+        row_left[d] -= 1
+        col_left[q] -= 1
+        placed += 1
+        if row_left[d] and col_left[q]:
+            heapq.heappush(heap, (-float(behind[d, q] - taken[d, q]), d, q))
+    return taken
+
+
+def node_of_rank(rank: int, world_size: int, local_world_size: int) -> tuple[int, int, int]:
+    """``(node, nodes, local rank)`` of global rank ``rank``: ranks ``j·L … j·L + L − 1`` are node ``j``'s."""
+    if local_world_size <= 0 or world_size % local_world_size:
+        raise ValueError(f"world_size {world_size} is not a multiple of local_world_size {local_world_size} "
+                         f"(the ranks per node)")
+    return rank // local_world_size, world_size // local_world_size, rank % local_world_size
