@@ -5,7 +5,7 @@
 Measures, each in a fresh subprocess (so shared memory, caches and peak RSS are per measurement), with
 the two loaders alternated over --repeats rounds so machine noise hits both alike:
 
-* warm: shards already local. PiKEStreamingMixer (weights changing every 10 steps) vs
+* warm: shards already local. PiKEStreamingMixer (weights changing every 10 steps; also with 64 partitions) vs
   ``StreamingDataset(streams=[…], batching_method="stratified")`` with static proportions, DataLoader with
   num_workers 0 and 2;
 * cold: shards on the embedded S3 server (SeaweedFS on loopback), empty local cache;
@@ -72,7 +72,7 @@ def child(spec: dict) -> dict:
 
         mixer = PiKEStreamingMixer([Domain(n, remote=spec["remotes"][n] if spec["remotes"] else None,
                                            local=spec["locals"][n]) for n in names],
-                                   global_batch_size=batch, seed=0)
+                                   global_batch_size=batch, seed=0, partitions=spec.get("partitions"))
         loader = iter(mixer.dataloader())
         rng = np.random.default_rng(0)
 
@@ -154,6 +154,7 @@ def main() -> None:
         write_random_domain(os.path.join(work, "data", n), n, args.samples, args.seq_len, seed=i)
     base = {"names": names, "batch": args.batch, "steps": args.steps, "remotes": None}
     contenders = {"mixer": {"loader": "mixer"},
+                  "mixer_partitioned": {"loader": "mixer", "partitions": 64},
                   "streaming_w0": {"loader": "streaming", "workers": 0},
                   "streaming_w2": {"loader": "streaming", "workers": 2}}
     results: dict = {"warm": {k: [] for k in contenders}, "cold": {k: [] for k in contenders}}
@@ -219,6 +220,8 @@ def main() -> None:
         mixer = report[phase]["mixer"]["samples_per_s_median"]
         report[phase]["ratio_vs_streaming_w0"] = mixer / report[phase]["streaming_w0"]["samples_per_s_median"]
         report[phase]["ratio_vs_streaming_w2"] = mixer / report[phase]["streaming_w2"]["samples_per_s_median"]
+        report[phase]["ratio_partitioned_vs_mixer"] = (report[phase]["mixer_partitioned"]["samples_per_s_median"]
+                                                       / mixer)
     if "twenty" in phases:
         report["twenty_domains"] = twenty
     import streaming
@@ -232,7 +235,8 @@ def main() -> None:
             continue
         print(f"{phase}: mixer {report[phase]['mixer']['samples_per_s_median']:.0f} samples/s; "
               f"×{report[phase]['ratio_vs_streaming_w0']:.2f} vs streaming (0 workers), "
-              f"×{report[phase]['ratio_vs_streaming_w2']:.2f} vs streaming (2 workers)")
+              f"×{report[phase]['ratio_vs_streaming_w2']:.2f} vs streaming (2 workers); with 64 partitions "
+              f"×{report[phase]['ratio_partitioned_vs_mixer']:.2f} of the mixer without")
     for key, r in report.get("twenty_domains", {}).items():
         print(f"20 domains {key}: first batch {r['first_batch_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(+{r['rss_growth_mb']:.0f} MB from construction on)")

@@ -8,6 +8,8 @@ A simulation from the shard layout alone (no data, no I/O): two domains of ``--s
 - **pike_stream**: the mixer's own batch plan (``pike_stream.mixer.mixer.plan_batch``, the code that composes
   every batch) over each domain's order; rank ``r`` of ``W`` reads positions ``r :: W`` of each global batch,
   and a node is ``--ranks-per-node`` consecutive ranks.
+- **pike_stream_partitioned**: the same with ``partitions=--partitions`` (``plan_partitioned_batch`` and
+  ``rank_positions``, the mixer's own code): each node reads only its partitions.
 - **streaming**: ``StreamingDataset``'s sample assignment for the same corpus as two streams (its
   ``get_partitions`` with ``num_canonical_nodes`` = ``--canonical-nodes``, then its ``py1e`` shuffle), the
   node-partitioned reads the mixer does not have.
@@ -32,7 +34,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-__all__ = ["main", "mixer_shards_per_node", "streaming_shards_per_node"]
+__all__ = ["main", "mixer_shards_per_node", "partitioned_shards_per_node", "streaming_shards_per_node"]
 
 RESULTS = Path(ROOT) / "bench" / "results"
 
@@ -58,6 +60,34 @@ def mixer_shards_per_node(shard_sizes: list[np.ndarray], nodes: int, ranks_per_n
                           for d, i in zip(domain, sample)])
         for rank in range(world):
             touched[rank // ranks_per_node].update(shard[rank::world].tolist())
+    return [len(t) for t in touched]
+
+
+def partitioned_shards_per_node(shard_sizes: list[np.ndarray], nodes: int, ranks_per_node: int, batch: int,
+                                partitions: int, seed: int = 0) -> list[int]:
+    """Distinct shards each node reads in one epoch of the mixer with ``partitions`` at uniform weights."""
+    from pike_stream.mixer.mixer import plan_partitioned_batch, rank_positions
+    from pike_stream.mixer.order import domain_seed
+    from pike_stream.mixer.partitions import PartitionedOrder
+
+    k = len(shard_sizes)
+    orders = [PartitionedOrder(sizes, domain_seed(seed, f"d{i}"), partitions) for i, sizes in enumerate(shard_sizes)]
+    bounds = [np.concatenate([[0], np.cumsum(sizes)]) for sizes in shard_sizes]
+    offsets = np.cumsum([0] + [len(sizes) for sizes in shard_sizes])
+    cursors, carry, weights = np.zeros((k, partitions), np.int64), np.zeros(k), np.full(k, 1 / k)
+    world = nodes * ranks_per_node
+    touched: list[set[int]] = [set() for _ in range(nodes)]
+    total = int(sum(int(s.sum()) for s in shard_sizes))
+    composed = 0
+    for _ in range(-(-total // batch)):
+        domain, sample, partition, _, carry, split = plan_partitioned_batch(orders, cursors, weights, carry, batch,
+                                                                            composed)
+        cursors, composed = cursors + split, composed + batch
+        shard = np.array([offsets[d] + np.searchsorted(bounds[d], i, side="right") - 1
+                          for d, i in zip(domain, sample)])
+        for rank in range(world):
+            mine = rank_positions(len(domain), rank, world, partition, partitions, nodes)
+            touched[rank // ranks_per_node].update(shard[mine].tolist())
     return [len(t) for t in touched]
 
 
@@ -90,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=200, help="shards per domain")
     parser.add_argument("--samples-per-shard", type=int, default=64)
     parser.add_argument("--canonical-nodes", type=int, default=64, help="streaming's num_canonical_nodes")
+    parser.add_argument("--partitions", type=int, default=64, help="the mixer's partitions")
     parser.add_argument("--out", default=str(RESULTS / "nodes.json"))
     args = parser.parse_args(argv)
     shard_sizes = [np.full(args.shards, args.samples_per_shard, dtype=np.int64) for _ in range(args.domains)]
@@ -98,14 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     for nodes in [int(n) for n in args.nodes.split(",")]:
         if args.batch % (nodes * args.ranks_per_node):
             parser.error(f"--batch {args.batch} is not divisible by {nodes} nodes × {args.ranks_per_node} ranks")
-        goal = 1.2 * total_shards / nodes + args.domains * max(1, args.canonical_nodes // nodes)
+        goal = 1.2 * total_shards / nodes + args.domains * max(1, args.partitions // nodes)
         row = {"nodes": nodes, "goal_shards": goal,
                "pike_stream": mixer_shards_per_node(shard_sizes, nodes, args.ranks_per_node, args.batch),
+               "pike_stream_partitioned": partitioned_shards_per_node(shard_sizes, nodes, args.ranks_per_node,
+                                                                      args.batch, args.partitions),
                "streaming": streaming_shards_per_node(shard_sizes, nodes, args.ranks_per_node, args.batch,
                                                       args.canonical_nodes)}
         rows.append(row)
         print(f"N={nodes:>3}: shards read by the busiest node, of {total_shards}: pike_stream "
-              f"{max(row['pike_stream'])}, streaming {max(row['streaming'])} (goal ≤ {goal:.1f})", flush=True)
+              f"{max(row['pike_stream'])}, with {args.partitions} partitions {max(row['pike_stream_partitioned'])}, "
+              f"streaming {max(row['streaming'])} (goal ≤ {goal:.1f})", flush=True)
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "total_shards": total_shards,
               "command": "python bench/bench_nodes.py " + " ".join(a for a in (argv or sys.argv[1:])),
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "rows": rows}

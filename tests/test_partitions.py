@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from pike_stream import MixerStateError, PiKEStreamingMixer
-from pike_stream.mixer.partitions import PartitionedOrder, slot_capacities, split_counts
+from pike_stream.mixer.partitions import (
+    PartitionedOrder,
+    node_counts,
+    partition_nodes,
+    slot_capacities,
+    slot_order,
+    split_counts,
+)
 from tests.mds_data import decode_ids
 from tests.test_mixer import SIZES, make_domains, schedule
 
@@ -98,7 +105,7 @@ def test_each_node_reads_only_its_partitions(data_root, nodes):
             node = rank // local
             for k, sid in part:
                 p = int(np.searchsorted(orders[k].bounds, sid, side="right") - 1)
-                assert p % nodes == node, f"rank {rank} (node {node}) read sample {sid} of partition {p}"
+                assert p // (P // nodes) == node, f"rank {rank} (node {node}) read sample {sid} of partition {p}"
 
 
 def test_shards_read_per_node_shrink_with_the_node_count(data_root):
@@ -182,7 +189,7 @@ def test_probe_batches_are_node_local_and_resume_exactly(data_root):
         assert Counter(c for c, _ in ids) == {0: 4, 1: 4, 2: 4}
         for rank, (code, sid) in enumerate(parts):
             for c, s in zip(code.tolist(), sid.tolist()):
-                assert int(np.searchsorted(orders[c].bounds, s, side="right") - 1) % 2 == rank // 2
+                assert int(np.searchsorted(orders[c].bounds, s, side="right") - 1) // (P // 2) == rank // 2
     again = world(data_root, 4)
     for m in again:
         m.load_state_dict(state)
@@ -192,7 +199,7 @@ def test_probe_batches_are_node_local_and_resume_exactly(data_root):
 
 
 def test_mistakes_are_one_clear_error(data_root):
-    with pytest.raises(ValueError, match=r"partitions=4 is not divisible by this run's 3 nodes"):
+    with pytest.raises(ValueError, match=r"partitions=4 cannot be split evenly over this run's 3 nodes .* \[1, 2, 4\]"):
         mixer(data_root, rank=0, world_size=3, local_world_size=1, global_batch_size=9)
     with pytest.raises(ValueError, match="allow_data_growth does not work with partitions"):
         mixer(data_root, allow_data_growth=True)
@@ -246,3 +253,19 @@ def test_a_version_4_state_resumes_without_partitions(data_root):
     assert [a.tolist() for a in after.compose()] == [a.tolist() for a in before.compose()]
     with pytest.raises(MixerStateError, match="partitions=None, this run has partitions=4"):
         mixer(data_root).load_state_dict(state)
+
+
+@pytest.mark.parametrize("partitions", [1, 8, 12, 64])
+def test_every_allowed_node_count_gets_equal_parts_of_every_batch(partitions):
+    """Whatever the batch size (a multiple of the node count) and where the slot sequence stands."""
+    assert sorted(slot_order(partitions).tolist()) == list(range(partitions))
+    allowed = node_counts(partitions)
+    assert allowed == {1: [1], 8: [1, 2, 4, 8], 12: [1, 2, 4, 12], 64: [1, 2, 4, 8, 16, 32, 64]}[partitions]
+    rng = np.random.default_rng(partitions)
+    for nodes in allowed:
+        owner = partition_nodes(partitions, nodes)
+        for _ in range(50):
+            batch = nodes * int(rng.integers(1, 40))
+            caps = slot_capacities(batch, int(rng.integers(0, 10_000)), partitions)
+            assert caps.sum() == batch
+            assert np.bincount(owner, weights=caps, minlength=nodes).tolist() == [batch // nodes] * nodes

@@ -91,6 +91,9 @@ def test_cache_limit_is_read_as_a_byte_size(tmp_path, value, expected):
     ({"weights": {"a": -1, "b": 1}}, r"train_loader\.weights: must be finite and ≥ 0"),
     ({"weights": {"a": 0, "b": 0}}, r"train_loader\.weights: are all zero"),
     ({"read_ahead": -1}, r"train_loader\.read_ahead: must be ≥ 0, got -1"),
+    ({"partitions": 0}, r"train_loader\.partitions: must be positive \(or null: no partitions\), got 0"),
+    ({"partitions": 8, "allow_data_growth": True},
+     r"train_loader\.partitions and train_loader\.allow_data_growth do not work together"),
 ])
 def test_mixer_settings_are_checked_with_the_config(tmp_path, loader, message):
     with pytest.raises(ConfigError, match=message):

@@ -51,7 +51,14 @@ from converters.manifest import fingerprint as manifest_fingerprint
 from pike_stream.mixer.batch_size import BatchRamp, batch_size_at
 from pike_stream.mixer.domain import Domain, DomainSource
 from pike_stream.mixer.order import DomainOrder, domain_seed
-from pike_stream.mixer.partitions import PartitionedOrder, node_of_rank, slot_capacities, split_counts
+from pike_stream.mixer.partitions import (
+    PartitionedOrder,
+    node_counts,
+    node_of_rank,
+    partition_nodes,
+    slot_capacities,
+    split_counts,
+)
 from pike_stream.mixer.shards import ShardCache
 from pike_stream.mixer.state import MixerState, MixerStateError
 from pike_stream.strategies.apportion import apportion
@@ -358,8 +365,7 @@ class PiKEStreamingMixer(IterableDataset):
                    partition: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Read this rank's part of a global list of (domain, sample id): positions ``rank :: world_size``, or
         with partitions, this node's samples (:func:`rank_positions`)."""
-        mine = rank_positions(len(domain), self.rank, self.world_size, partition, self.nodes, self.node,
-                              self.local_rank)
+        mine = rank_positions(len(domain), self.rank, self.world_size, partition, self.partitions or 1, self.nodes)
         domain, sample_id = domain[mine], sample_id[mine]
         if self.shards.closed:
             raise RuntimeError("this PiKEStreamingMixer is closed")
@@ -381,41 +387,53 @@ class PiKEStreamingMixer(IterableDataset):
         upcoming shard is expected, for its eviction."""
         if self.read_ahead <= 0:
             return
-        expected: list[tuple[float, int, tuple[int, int]]] = []
         batch = self.batch_size
+        steps, domains, shards = [], [], []
         for k, source in enumerate(self.sources):
             rate = float(self._state.weights[k]) * batch  # samples of domain k per step
             if rate <= 0:
                 continue
             window = min(source.num_samples, 2 * self.read_ahead * int(source.shard_sizes.max()))
-            for upcoming_ids, stream_rate in self._upcoming(k, window, rate):
-                upcoming, _ = source.locate(upcoming_ids)
-                shards, first = np.unique(upcoming, return_index=True)
-                # the (p+1)-th upcoming sample of the stream is expected after (p+1)/rate steps
-                expected += [(float(p + 1) / stream_rate, k, (k, int(s))) for s, p in zip(shards, first)]
-        expected.sort()
+            ids, when = self._upcoming(k, window, rate)
+            upcoming, _ = source.locate(ids)
+            by_time = np.argsort(when, kind="stable")
+            unique, first = np.unique(upcoming[by_time], return_index=True)  # each shard at its soonest
+            steps.append(when[by_time[first]])
+            domains.append(np.full(len(unique), k))
+            shards.append(unique)
+        if not steps:
+            self.shards.prefetch([], {})
+            return
+        when, domain, shard = np.concatenate(steps), np.concatenate(domains), np.concatenate(shards)
+        order = np.lexsort((shard, domain, when))  # soonest first; ties by domain, then shard
+        expected = list(zip(when[order].tolist(), domain[order].tolist(), shard[order].tolist()))
         # First every drawn domain's next shard (a rarely drawn domain's next sample is not left to a
         # download when it comes) and every shard the next batch is expected to read; then the soonest others
         # up to read_ahead × K.
-        first = {k: key for _, k, key in reversed(expected)}  # the soonest shard of each domain
-        keys = dict.fromkeys([*first.values(), *(key for steps, _, key in expected if steps <= 1.0)])
-        for _, _, key in expected:
+        first = {k: (k, s) for _, k, s in reversed(expected)}  # the soonest shard of each domain
+        keys = dict.fromkeys([*first.values(), *((k, s) for t, k, s in expected if t <= 1.0)])
+        for _, k, s in expected:
             if len(keys) >= self.read_ahead * len(self.sources):
                 break
-            keys.setdefault(key)
-        self.shards.prefetch(list(keys), {key: steps for steps, _, key in expected})
+            keys.setdefault((k, s))
+        self.shards.prefetch(list(keys), {(k, s): t for t, k, s in expected})
 
-    def _upcoming(self, k: int, window: int, rate: float) -> list[tuple[np.ndarray, float]]:
-        """Domain ``k``'s next ``window`` samples that this rank's node reads, per stream it reads them from
-        (the domain's order, or each partition this node owns), with that stream's samples per step."""
+    def _upcoming(self, k: int, window: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
+        """Domain ``k``'s next samples that this rank's node reads (about ``window`` of the domain's draws ahead)
+        and the step, counted from now, at which each is expected: the (p+1)-th upcoming sample of a stream
+        drawn at ``r`` samples a step comes after (p+1)/r steps. The stream is the domain's order, or, with
+        partitions, each partition this node owns (each drawn at ``rate / P``)."""
         state = self._state
         if self.partitions is None:
-            return [(self.orders[k].take(int(state.consumed[k]), window), rate)]
+            ids = self.orders[k].take(int(state.consumed[k]), window)
+            return ids, np.arange(1, len(ids) + 1) / rate
         assert state.part_consumed is not None
         order = self.part_orders[k]
-        owned = range(self.node, self.partitions, self.nodes)
-        return [(order.take(p, int(state.part_consumed[k, p]), min(int(order.sizes[p]), window)),
-                 rate / self.partitions) for p in owned]
+        per = max(1, min(-(-window // self.partitions), int(order.sizes.max())))
+        owned = partition_nodes(self.partitions, self.nodes) == self.node
+        ids = order.upcoming(state.part_consumed[k], per)[owned]
+        steps = np.broadcast_to(np.arange(1, per + 1) * (self.partitions / rate), ids.shape)
+        return ids[ids >= 0], steps[ids >= 0]
 
     def dataloader(self, *, pin_memory: bool = False, num_workers: int = 0) -> DataLoader:
         """A torch DataLoader over this mixer (its ``.dataset``), yielding this rank's batches."""
@@ -525,26 +543,23 @@ def plan_partitioned_batch(orders: Sequence[PartitionedOrder], cursors: np.ndarr
 def _partitioned_ids(orders: Sequence[PartitionedOrder], cursors: np.ndarray, counts: np.ndarray, offset: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     split = split_counts(counts, cursors, slot_capacities(int(counts.sum()), offset, orders[0].partitions))
-    domain, ids, partition = [], [], []
-    for k, order in enumerate(orders):
-        for p in np.flatnonzero(split[k]):
-            ids.append(order.take(int(p), int(cursors[k, p]), int(split[k, p])))
-            domain.append(np.full(split[k, p], k, dtype=np.int64))
-            partition.append(np.full(split[k, p], p, dtype=np.int64))
-    empty = np.zeros(0, dtype=np.int64)
-    return (np.concatenate(domain) if domain else empty, np.concatenate(ids) if ids else empty,
-            np.concatenate(partition) if partition else empty, split)
+    ids = [order.take_split(cursors[k], split[k]) for k, order in enumerate(orders) if counts[k]]
+    domain = np.repeat(np.arange(len(orders)), counts)
+    partition = np.concatenate([np.repeat(np.arange(split.shape[1]), row) for row in split])
+    return domain, np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64), partition.astype(np.int64), split
 
 
-def rank_positions(length: int, rank: int, world_size: int, partition: np.ndarray | None = None, nodes: int = 1,
-                   node: int = 0, local_rank: int | None = None) -> np.ndarray:
+def rank_positions(length: int, rank: int, world_size: int, partition: np.ndarray | None = None,
+                   partitions: int = 1, nodes: int = 1) -> np.ndarray:
     """The positions of a global batch of ``length`` that rank ``rank`` reads: ``rank :: world_size``; with
-    ``partition`` (each position's), the positions of node ``node``'s partitions (``p ≡ node mod nodes``),
-    taken in turn by its ``world_size / nodes`` ranks (this one is ``local_rank`` among them)."""
+    ``partition`` (each position's, of ``partitions``), the positions of the partitions its node reads
+    (:func:`~pike_stream.mixer.partitions.partition_nodes`; node ``rank // (world_size / nodes)``), taken in
+    turn by the node's ``world_size / nodes`` ranks."""
     if partition is None:
         return np.arange(rank, length, world_size)
     local = world_size // nodes
-    return np.flatnonzero(partition % nodes == node)[(rank % local if local_rank is None else local_rank)::local]
+    node_of = partition_nodes(partitions, nodes)
+    return np.flatnonzero(node_of[partition] == rank // local)[rank % local::local]
 
 
 def plan_batch(orders: Sequence[DomainOrder], consumed: np.ndarray, weights: np.ndarray, carry: np.ndarray,
@@ -573,10 +588,11 @@ def _check_partitions(partitions: int | None, nodes: int, world_size: int, local
         return None
     if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)) or partitions < 1:
         raise ValueError(f"partitions must be a positive integer (or None), got {partitions!r}")
-    if partitions % nodes:
-        raise ValueError(f"partitions={partitions} is not divisible by this run's {nodes} nodes (world_size "
-                         f"{world_size}, local_world_size {local_world_size}): a node reads whole partitions; "
-                         f"choose partitions a multiple of every node count the run will use")
+    if nodes not in node_counts(int(partitions)):
+        raise ValueError(f"partitions={partitions} cannot be split evenly over this run's {nodes} nodes (world_size "
+                         f"{world_size}, local_world_size {local_world_size}): with {partitions} partitions the node "
+                         f"count must be one of {node_counts(int(partitions))} (a power of two, e.g. 64, allows "
+                         f"every power-of-two node count up to it)")
     if allow_data_growth:
         raise ValueError("allow_data_growth does not work with partitions (a grown domain would move every "
                          "partition's boundaries); use one or the other")

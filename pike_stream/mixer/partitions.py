@@ -8,13 +8,17 @@ partitions (``PiKEStreamingMixer(partitions=P)``, as mosaicml-streaming's ``num_
   on a boundary is shared by two partitions); each range has its own shard-local shuffle per epoch
   (:class:`PartitionedOrder`) and its own cursor;
 - the ``B`` slots of a global batch belong to partitions in turn: slot ``i`` to partition
-  ``(offset + i) mod P``, ``offset`` being the samples composed before the batch. That fixes how many samples
-  each partition gives (:func:`slot_capacities`);
+  ``σ((offset + i) mod P)``, ``offset`` being the samples composed before the batch and ``σ`` the digit
+  reversal of :func:`slot_order` (for ``P = 8``: 0 4 2 6 1 5 3 7). That fixes how many samples each partition
+  gives (:func:`slot_capacities`);
 - each domain's count ``c_k`` (from the weights, as without partitions) is split over the partitions by
   :func:`split_counts`: every domain's partitions advance together (each partition's cursor stays within a
   sample or two of ``1/P`` of the domain's cursor), and every partition gives exactly its slots;
-- node ``j`` of ``N`` owns the partitions ``p ≡ j (mod N)`` (``N`` divides ``P``), so it reads
-  ``#{i : (offset + i) ≡ j (mod N)} = B/N`` samples of each batch, all from its own partitions; its ranks
+- node ``j`` of ``N`` owns the contiguous block of partitions ``j·P/N … (j + 1)·P/N − 1`` (so the shards
+  two of its partitions share are read once, by it). Under ``σ`` the block of slot ``i``'s partition is a
+  one-to-one function of ``(offset + i) mod N``, so each node gets exactly ``B/N`` samples of every batch,
+  all from its own partitions, for every ``N`` that :func:`node_counts` allows (every divisor of ``P`` when
+  ``P`` is a power of two); its ranks
   (``LOCAL_WORLD_SIZE`` of them, global ranks ``j·L … j·L + L − 1`` as torchrun numbers them) take turns
   over them. Every rank gets ``B/W`` samples.
 
@@ -32,13 +36,15 @@ Pure functions and orders: no I/O.
 
 from __future__ import annotations
 
+import functools
 import heapq
 
 import numpy as np
 
 from pike_stream.mixer.order import DomainOrder
 
-__all__ = ["PartitionedOrder", "node_of_rank", "slot_capacities", "split_counts"]
+__all__ = ["PartitionedOrder", "node_counts", "node_of_rank", "partition_nodes", "slot_capacities", "slot_order",
+           "split_counts"]
 
 
 def partition_bounds(num_samples: int, partitions: int) -> np.ndarray:
@@ -69,6 +75,8 @@ class PartitionedOrder:
             cuts = np.unique(np.clip(shard_starts, lo, hi))  # shard boundaries inside [lo, hi], and lo, hi
             self.parts.append(DomainOrder(np.diff(cuts), (seed + p * 7919) % (1 << 31), algo, block_size))
         self.sizes = np.diff(self.bounds)
+        self._epochs: tuple[int, ...] | None = None  # the partitions' epochs that ``_flat`` holds
+        self._flat = np.zeros(0, dtype=np.int64)
 
     @property
     def partitions(self) -> int:
@@ -81,13 +89,93 @@ class PartitionedOrder:
     def epoch_of(self, partition: int, position: int) -> int:
         return position // int(self.sizes[partition])
 
+    def upcoming(self, cursors: np.ndarray, count: int) -> np.ndarray:
+        """``[P, count]``: the domain sample ids at positions ``cursors[p] …`` of each partition, up to the end of
+        the epoch each partition is in (-1 past it). One array operation for all partitions (the read-ahead
+        asks at every step), from the epochs' orders laid end to end and rebuilt when an epoch changes."""
+        cursors = np.asarray(cursors, dtype=np.int64)
+        flat = self._flat_at(cursors)
+        offset = cursors % self.sizes
+        index = (self.bounds[:-1] + offset)[:, None] + np.arange(count)[None, :]
+        inside = (offset[:, None] + np.arange(count)[None, :]) < self.sizes[:, None]
+        return np.where(inside, flat[np.minimum(index, len(flat) - 1)], -1)
+
+    def take_split(self, cursors: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The next ``counts[p]`` sample ids of every partition from ``cursors[p]``, partition after partition:
+        ``concat_p take(p, cursors[p], counts[p])``, in one array operation unless one crosses an epoch end."""
+        cursors, counts = np.asarray(cursors, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+        used = np.flatnonzero(counts)
+        offset = cursors[used] % self.sizes[used]
+        if np.any(offset + counts[used] > self.sizes[used]):
+            return np.concatenate([self.take(int(p), int(cursors[p]), int(counts[p])) for p in used])
+        flat, n = self._flat_at(cursors), counts[used]
+        starts = np.repeat(self.bounds[used] + offset - (np.cumsum(n) - n), n)
+        return flat[starts + np.arange(int(n.sum()))]
+
+    def _flat_at(self, cursors: np.ndarray) -> np.ndarray:
+        """The epoch orders the partitions are in at ``cursors``, end to end (partition ``p`` from ``bounds[p]``)."""
+        epochs = tuple((cursors // self.sizes).tolist())
+        if epochs != self._epochs:
+            self._flat = np.concatenate([self.parts[p].epoch_order(e) + self.bounds[p] for p, e in enumerate(epochs)])
+            self._epochs = epochs
+        return self._flat
+
+
+def _factors(n: int) -> list[int]:
+    """The prime factors of ``n``, smallest first, with repeats."""
+    out, f = [], 2
+    while f * f <= n:
+        while n % f == 0:
+            out.append(f)
+            n //= f
+        f += 1
+    return out + ([n] if n > 1 else [])
+
+
+@functools.lru_cache(maxsize=16)
+def _slot_order(partitions: int) -> np.ndarray:
+    order = slot_order(partitions)
+    order.flags.writeable = False
+    return order
+
+
+def slot_order(partitions: int) -> np.ndarray:
+    """``σ``: the partition of each residue ``r`` of the slot sequence, the mixed-radix digit reversal of ``r``
+    over ``P``'s prime factors (smallest first). The leading digits of ``σ(r)``, which name its block of
+    ``P/N`` partitions, are the trailing digits of ``r``, i.e. ``r mod N``, for each ``N`` of
+    :func:`node_counts`."""
+    radices = _factors(partitions)
+    order = np.zeros(partitions, dtype=np.int64)
+    for r in range(partitions):
+        rest, value = r, 0
+        for radix in radices:  # r's digits, least significant first, become σ(r)'s, most significant first
+            value = value * radix + rest % radix
+            rest //= radix
+        order[r] = value
+    return order
+
+
+def node_counts(partitions: int) -> list[int]:
+    """The node counts whose nodes each get exactly ``B/N`` of every batch: the products of the smallest
+    prime factors of ``P`` (1, 2, 4, … for a power of two; 1, 2, 4, 12 for 12)."""
+    counts = [1]
+    for radix in _factors(partitions):
+        counts.append(counts[-1] * radix)
+    return counts
+
+
+def partition_nodes(partitions: int, nodes: int) -> np.ndarray:
+    """The node that reads each partition: node ``j`` reads the block ``j·P/N … (j + 1)·P/N − 1``."""
+    return np.arange(partitions) // (partitions // nodes)
+
 
 def slot_capacities(batch_size: int, offset: int, partitions: int) -> np.ndarray:
     """Samples each partition gives to a batch of ``batch_size`` whose first slot is ``offset``:
-    ``#{i < batch_size : (offset + i) mod P = p}``."""
-    counts = np.full(partitions, batch_size // partitions, dtype=np.int64)
-    extra = batch_size % partitions
-    counts[(offset + np.arange(extra)) % partitions] += 1
+    ``#{i < batch_size : σ((offset + i) mod P) = p}``."""
+    residues = np.full(partitions, batch_size // partitions, dtype=np.int64)
+    residues[(offset + np.arange(batch_size % partitions)) % partitions] += 1
+    counts = np.zeros(partitions, dtype=np.int64)
+    counts[_slot_order(partitions)] = residues
     return counts
 
 
