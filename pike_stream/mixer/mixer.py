@@ -24,7 +24,8 @@ deterministic, resumes exactly and never moves the training cursors:
 
 With ``partitions=P`` (:mod:`pike_stream.mixer.partitions`), each domain's samples are split into ``P``
 ranges with their own orders and cursors; each domain's count is split over them, and node ``j`` of ``N``
-(``N`` dividing ``P``) reads only its partitions' samples, so it downloads about ``1/N`` of the corpus.
+(``N`` one of :func:`~pike_stream.mixer.partitions.node_counts`, every power of two up to ``P`` for a power of
+two) reads only its partitions' samples, so it downloads about ``1/N`` of the corpus.
 
 A step's cursors move only once its batch has been read: a step whose read fails (storage down past
 ``retry_seconds``) can be taken again and yields the batch the uninterrupted run gets. ``close()`` (or a
@@ -116,7 +117,8 @@ class PiKEStreamingMixer(IterableDataset):
             saved fingerprint must be that of its first shards (shards were appended, none changed). The domain
             epoch in progress keeps its order; the new samples start in the next one (logged as a warning).
         partitions: split each domain into this many partitions so that each node reads only its own
-            (mosaicml-streaming's ``num_canonical_nodes``): the node count must divide it. None (default): every
+            (mosaicml-streaming's ``num_canonical_nodes``): the node count must be one of ``node_counts(P)``
+            (every power of two up to ``P`` when ``P`` is a power of two). None (default): every
             rank reads from every shard. Batches depend on it, not on the node count; resuming needs the same.
         local_world_size: ranks per node (default: ``LOCAL_WORLD_SIZE`` as torchrun and Composer's launcher set
             it, else all ranks on one node). Node ``j`` holds global ranks ``j·L … j·L + L − 1``.

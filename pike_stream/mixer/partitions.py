@@ -22,7 +22,7 @@ partitions (``PiKEStreamingMixer(partitions=P)``, as mosaicml-streaming's ``num_
   (``LOCAL_WORLD_SIZE`` of them, global ranks ``j·L … j·L + L − 1`` as torchrun numbers them) take turns
   over them. Every rank gets ``B/W`` samples.
 
-Nothing of this depends on ``N``: the global batches are the same on any node count that divides ``P``, and
+Nothing of this depends on ``N``: the global batches are the same on any node count :func:`node_counts` allows, and
 a resume on another such count is exact. With ``P = 1`` the batches are those of a mixer without partitions.
 
 Each partition draws without replacement within its own epochs. A domain's partitions are drawn at one rate,

@@ -137,7 +137,8 @@ class TrainLoaderConfig:
     ``allow_data_growth`` resumes a checkpoint made when a domain had fewer shards (shards appended, none
     changed): its new samples start in its next domain epoch. ``partitions`` splits each domain into that many
     partitions so that each node reads only its own (about ``1/N`` of the corpus on ``N`` nodes; the node
-    count must divide it, as mosaicml-streaming's ``num_canonical_nodes``); None: every rank reads every shard.
+    count must be one that splits it evenly: every power of two up to it for a power of two; as
+    mosaicml-streaming's ``num_canonical_nodes``); None: every rank reads every shard.
     """
 
     domains: list[DomainConfig]
