@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from pike_stream.storage import s3_client
 from tests.test_train import (
+    DOMAINS,
     _assert_same_batches,
     _config,
     _env,
@@ -192,3 +193,48 @@ def test_node_restarts_and_a_single_node_resume_keep_the_global_batches(s3_env: 
     # Each node filled its own cache.
     for rank in (0, 1):
         assert any((tmp_path / f"node{rank}" / "home").rglob("*.mds*")), f"node {rank} cached no shard"
+
+
+
+@pytest.mark.slow
+def test_two_nodes_with_partitions_read_their_own_shards_and_train_on_one_nodes_batches(
+        s3_env: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_loader.partitions: 2`` on two nodes (a ``composer`` launcher each, one rank each, so
+    ``LOCAL_WORLD_SIZE`` 1): the global batches of a one-rank run, and each node's cache holds only its
+    partitions' shards, where without partitions both nodes cache every shard."""
+    monkeypatch.setenv("PIKE_STREAM_HOME", str(tmp_path / "home"))
+    _upload_domains(tmp_path / "data", s3_bucket, s3_env.settings)
+    steps = 12  # 288 samples: about one epoch of the 3 domains of 100
+    cfg = _config(s3_bucket, max_duration=f"{steps}ba", eval_loader=None, save_interval="6ba", algorithms={})
+    cfg["train_loader"] |= {"partitions": 2, "weights": {"a": 0.5, "b": 0.3, "c": 0.2}}
+    path = _write_yaml(tmp_path / "partitioned.yaml", cfg)
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    _run(_train_command(path, f"run_folder={reference}", f"save_folder={reference / 'ckpt'}"), reference)
+
+    def two_nodes(name: str, *extra: str) -> tuple[Path, list[set[str]]]:
+        """Train on two nodes: the run folder, and the shards (domain/file) each node cached."""
+        run, port = tmp_path / name, _free_port()
+        pair = [Node(tmp_path / f"{name}-nodes", rank, 2, port, path,
+                     [f"run_folder={run}", f"save_folder={run / 'ckpt'}", *extra]) for rank in (0, 1)]
+        try:
+            for node in pair:
+                node.start()
+            _finish(pair)
+        finally:
+            for node in pair:
+                if node.proc is not None and node.proc.poll() is None:
+                    node.kill()
+        cached = [{f"{p.parent.parent.name}/{p.name}" for p in (node.folder / "home").rglob("shard.*.mds")}
+                  for node in pair]
+        return run, cached
+
+    run, parted = two_nodes("partitioned")
+    _assert_same_batches(reference, run, steps)
+    _, plain = two_nodes("plain", "train_loader.partitions=null")
+    total = set().union(*plain)
+    assert plain[0] == plain[1] == total, "without partitions, each node should read every shard"
+    for node, cached in enumerate(parted):
+        assert cached and len(cached) < 0.75 * len(total), (node, len(cached), len(total))
+    assert len(parted[0] & parted[1]) <= len(DOMAINS), "the nodes share more than a boundary shard per domain"

@@ -125,7 +125,8 @@ class PiKEStreamingMixer(IterableDataset):
 
     Iterating yields this rank's part of each global batch, forever (each domain cycles through epochs):
     ``{"input_ids": LongTensor[b, seq_len], "domain": LongTensor[b], "sample_id": LongTensor[b]}`` with
-    ``b = B_t / world_size`` (:attr:`batch_size` before the step). Train for a number of batches/tokens, not epochs.
+    ``b = B_t / world_size`` (with partitions also ``"position": LongTensor[b]``, each sample's place in the
+    global batch) (:attr:`batch_size` before the step). Train for a number of batches/tokens, not epochs.
     ``with PiKEStreamingMixer(...) as mixer:`` (or :meth:`close`) stops the read-ahead threads at the end.
     """
 
@@ -379,8 +380,11 @@ class PiKEStreamingMixer(IterableDataset):
                 with self.shards.open(int(k), int(shard)):  # local, and not evicted by any rank meanwhile
                     for row, index in zip(rows[shards == shard], within[shards == shard]):
                         tokens[row] = self.sources[k].read(int(shard), int(index))
-        return {"input_ids": torch.from_numpy(tokens), "domain": torch.from_numpy(domain.astype(np.int64)),
-                "sample_id": torch.from_numpy(sample_id.astype(np.int64))}
+        batch = {"input_ids": torch.from_numpy(tokens), "domain": torch.from_numpy(domain.astype(np.int64)),
+                 "sample_id": torch.from_numpy(sample_id.astype(np.int64))}
+        if partition is not None:  # where each sample sits in the global batch (not simply rank :: world_size)
+            batch["position"] = torch.from_numpy(mine.astype(np.int64))
+        return batch
 
     def _read_ahead(self) -> None:
         """Queue the upcoming shards expected soonest at the weights in force: each drawn domain's next shard

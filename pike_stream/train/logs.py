@@ -163,6 +163,8 @@ class BatchLog(Callback):
         record = {"step": int(state.timestamp.batch), "rank": dist.get_global_rank(),
                   "world_size": dist.get_world_size(), "domain": batch["domain"].tolist(),
                   "sample_id": batch["sample_id"].tolist()}
+        if "position" in batch:  # partitions: the rank's samples are not simply positions rank :: world_size
+            record["position"] = batch["position"].tolist()
         self._lines.write(record)
 
     def close(self, state: State, logger: Logger) -> None:

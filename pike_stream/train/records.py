@@ -1,7 +1,8 @@
 """Reading a run folder's JSON-lines records (written by :mod:`pike_stream.train.logs`); no Composer needed.
 
 ``metrics.jsonl``: ``{"step": s, "<metric>": value, …}`` per logging call (rank 0).
-``batches-rank<r>.jsonl``: ``{"step", "rank", "world_size", "domain", "sample_id"}`` per batch and rank.
+``batches-rank<r>.jsonl``: ``{"step", "rank", "world_size", "domain", "sample_id"}`` per batch and rank (with
+partitions also ``"position"``, each sample's place in the global batch).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def read_batch_log(folder: str | os.PathLike[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``{step: (domain, sample_id)}`` of the global batches in a run folder's batch logs.
 
-    Each step's rank slices are interleaved back into the global batch; a step some rank did not log is an
-    error naming it.
+    Each step's rank slices are interleaved back into the global batch (rank r's at positions r :: W, or, with
+    partitions, at the positions it logged); a step some rank did not log is an error naming it.
     """
     slices: dict[int, dict[int, Mapping[str, Any]]] = {}
     paths = sorted(Path(folder).glob(BATCH_LOG_PATTERN.format(rank="*")))
@@ -61,6 +62,7 @@ def read_batch_log(folder: str | os.PathLike[str]) -> dict[int, tuple[np.ndarray
         size = sum(len(r["domain"]) for r in by_rank.values())
         domain, sample = np.empty(size, np.int64), np.empty(size, np.int64)
         for rank, record in by_rank.items():
-            domain[rank::world], sample[rank::world] = record["domain"], record["sample_id"]
+            where = record.get("position", slice(rank, None, world))
+            domain[where], sample[where] = record["domain"], record["sample_id"]
         batches[step] = (domain, sample)
     return batches
