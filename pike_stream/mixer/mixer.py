@@ -551,8 +551,8 @@ def _partitioned_ids(orders: Sequence[PartitionedOrder], cursors: np.ndarray, co
     split = split_counts(counts, cursors, slot_capacities(int(counts.sum()), offset, orders[0].partitions))
     ids = [order.take_split(cursors[k], split[k]) for k, order in enumerate(orders) if counts[k]]
     domain = np.repeat(np.arange(len(orders)), counts)
-    partition = np.concatenate([np.repeat(np.arange(split.shape[1]), row) for row in split])
-    return domain, np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64), partition.astype(np.int64), split
+    partition = np.repeat(np.tile(np.arange(split.shape[1]), split.shape[0]), split.ravel())
+    return domain, np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64), partition, split
 
 
 def rank_positions(length: int, rank: int, world_size: int, partition: np.ndarray | None = None,

@@ -37,7 +37,6 @@ Pure functions and orders: no I/O.
 from __future__ import annotations
 
 import functools
-import heapq
 
 import numpy as np
 
@@ -199,21 +198,27 @@ def split_counts(counts: np.ndarray, cursors: np.ndarray, capacities: np.ndarray
     if int(counts.sum()) != int(capacities.sum()):
         raise ValueError(f"{int(counts.sum())} samples to place in {int(capacities.sum())} slots")
     behind = (cursors.sum(axis=1) + counts)[:, None] / p - cursors  # [K, P]
+    # The greedy, unit by unit, is this: every cell's j-th unit has priority behind − j; go through all units in
+    # order of priority (ties: lower domain, then partition) and take each whose domain and partition have room.
+    # (A cell's units come in order; once its domain or partition is full, its later units are refused too.)
+    capacities = np.asarray(capacities, dtype=np.int64)
+    rows, cols = np.nonzero((counts[:, None] > 0) & (capacities[None, :] > 0))
+    units = np.minimum(counts[rows], capacities[cols])
+    cell = np.repeat(np.arange(len(rows)), units)
+    j = np.arange(int(units.sum())) - np.repeat(np.cumsum(units) - units, units)
+    row, col = rows[cell], cols[cell]
+    order = np.lexsort((col, row, -(behind[row, col] - j)))
     taken = np.zeros((k, p), dtype=np.int64)
-    row_left, col_left = counts.copy(), np.asarray(capacities, dtype=np.int64).copy()
-    heap = [(-float(behind[d, q]), d, q) for d in range(k) for q in range(p) if row_left[d] and col_left[q]]
-    heapq.heapify(heap)
+    row_left, col_left = counts.tolist(), capacities.tolist()
     placed, total = 0, int(counts.sum())
-    while placed < total:
-        _, d, q = heapq.heappop(heap)
-        if not (row_left[d] and col_left[q]):
-            continue  # that domain is placed, or that partition full: for the rest of the batch
-        taken[d, q] += 1
-        row_left[d] -= 1
-        col_left[q] -= 1
-        placed += 1
+    for d, q in zip(row[order].tolist(), col[order].tolist()):
         if row_left[d] and col_left[q]:
-            heapq.heappush(heap, (-float(behind[d, q] - taken[d, q]), d, q))
+            taken[d, q] += 1
+            row_left[d] -= 1
+            col_left[q] -= 1
+            placed += 1
+            if placed == total:
+                break
     return taken
 
 
