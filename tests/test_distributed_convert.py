@@ -115,6 +115,7 @@ def index_hashes(index: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     return [(shard["zip_data"]["basename"], shard["zip_data"]["hashes"]) for shard in index["shards"]]
 
 
+@pytest.mark.slow
 def test_parts_on_ray_are_the_parts_converted_here(tmp_path: Path, ray_cluster: set[int], s3_env: EmbeddedS3,
                                                    s3_bucket: str) -> None:
     src = write_corpus(tmp_path / "corpus", docs=1200, seed=1)
@@ -148,6 +149,7 @@ def test_parts_on_ray_are_the_parts_converted_here(tmp_path: Path, ray_cluster: 
             assert hashlib.sha1(ray_files[folder + shard]).hexdigest() == hashes["sha1"], shard
 
 
+@pytest.mark.slow
 def test_a_failed_part_is_one_line_naming_it(tmp_path: Path, ray_cluster: set[int]) -> None:
     src = write_corpus(tmp_path / "corpus", docs=120, seed=2)
     out = tmp_path / "out"
@@ -191,6 +193,7 @@ def test_cli_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_shutdown_leaves_no_ray_process_and_cli_runs_its_own_cluster(tmp_path: Path, ray_cluster: set[int],
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     ray.shutdown()  # the module's cluster, started by the fixture

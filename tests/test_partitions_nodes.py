@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pike_stream import Domain, PiKEStreamingMixer
 from tests.mds_data import write_domain
@@ -133,6 +134,7 @@ def _run_control(tmp_path: Path, domains: list[tuple[str, str]]) -> list[int]:
     return [_shard_bytes(c) for c in caches]
 
 
+@pytest.mark.slow
 def test_two_nodes_each_read_their_partitions_and_together_the_global_batches(s3_env, s3_bucket, tmp_path):
     source = tmp_path / "source"
     domains = []
