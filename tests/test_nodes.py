@@ -200,8 +200,9 @@ def test_node_restarts_and_a_single_node_resume_keep_the_global_batches(s3_env: 
 def test_two_nodes_with_partitions_read_their_own_shards_and_train_on_one_nodes_batches(
         s3_env: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``train_loader.partitions: 2`` on two nodes (a ``composer`` launcher each, one rank each, so
-    ``LOCAL_WORLD_SIZE`` 1): the global batches of a one-rank run, and each node's cache holds only its
-    partitions' shards, where without partitions both nodes cache every shard."""
+    ``LOCAL_WORLD_SIZE`` 1): the global batches of a one-rank run, whose cache holds every shard, and each
+    node's cache holds only its partitions' shards. (That a node without partitions reads every shard is
+    ``tests/test_partitions_nodes.py``'s control.)"""
     monkeypatch.setenv("PIKE_STREAM_HOME", str(tmp_path / "home"))
     _upload_domains(tmp_path / "data", s3_bucket, s3_env.settings)
     steps = 12  # 288 samples: about one epoch of the 3 domains of 100
@@ -212,6 +213,9 @@ def test_two_nodes_with_partitions_read_their_own_shards_and_train_on_one_nodes_
     reference = tmp_path / "reference"
     reference.mkdir()
     _run(_train_command(path, f"run_folder={reference}", f"save_folder={reference / 'ckpt'}"), reference)
+
+    def cached(home: Path) -> set[str]:
+        return {f"{p.parent.parent.name}/{p.name}" for p in home.rglob("shard.*.mds")}
 
     def two_nodes(name: str, *extra: str) -> tuple[Path, list[set[str]]]:
         """Train on two nodes: the run folder, and the shards (domain/file) each node cached."""
@@ -226,15 +230,12 @@ def test_two_nodes_with_partitions_read_their_own_shards_and_train_on_one_nodes_
             for node in pair:
                 if node.proc is not None and node.proc.poll() is None:
                     node.kill()
-        cached = [{f"{p.parent.parent.name}/{p.name}" for p in (node.folder / "home").rglob("shard.*.mds")}
-                  for node in pair]
-        return run, cached
+        return run, [cached(node.folder / "home") for node in pair]
 
     run, parted = two_nodes("partitioned")
     _assert_same_batches(reference, run, steps)
-    _, plain = two_nodes("plain", "train_loader.partitions=null")
-    total = set().union(*plain)
-    assert plain[0] == plain[1] == total, "without partitions, each node should read every shard"
-    for node, cached in enumerate(parted):
-        assert cached and len(cached) < 0.75 * len(total), (node, len(cached), len(total))
+    total = cached(tmp_path / "home")  # the one-rank reference's
+    assert len(total) >= 3 * len(DOMAINS) and set().union(*parted) == total
+    for node, shards in enumerate(parted):
+        assert shards and len(shards) < 0.75 * len(total), (node, len(shards), len(total))
     assert len(parted[0] & parted[1]) <= len(DOMAINS), "the nodes share more than a boundary shard per domain"
