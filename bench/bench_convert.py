@@ -117,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--one-thread", action="store_true",
+                        help="with workers=1, tokenize on one thread too (TOKENIZERS_PARALLELISM=false), so the "
+                             "worker counts compare one thread with N processes: how the pipeline scales")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "convert.json"))
     args = parser.parse_args(argv)
+    if args.one_thread:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by tokenizers at each batch encode
 
     load_before = os.getloadavg()[0]
     work = Path(args.work)
@@ -154,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                   "documents": manifest["documents"], "langs": list(langs), "mb_per_domain": args.mb_per_domain},
         "options": {"seq_len": args.seq_len, "format": "jsonl", "output": "local folder", "repeats": args.repeats,
                     "timing": "wall clock of convert(), best of repeats, worker start-up included",
-                    "threads": "with workers=1 a HuggingFace tokenizer runs in this process on the tokenizers "
-                               "library's own thread pool (all cores); worker processes run one thread each"},
+                    "threads": ("with workers=1 the tokenizer runs in this process on one thread "
+                                "(TOKENIZERS_PARALLELISM=false); worker processes run one thread each")
+                    if args.one_thread else
+                    ("with workers=1 a HuggingFace tokenizer runs in this process on the tokenizers "
+                     "library's own thread pool (all cores); worker processes run one thread each")},
         "cases": cases,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
