@@ -18,12 +18,11 @@ partitions (``PiKEStreamingMixer(partitions=P)``, as mosaicml-streaming's ``num_
   two of its partitions share are read once, by it). Under ``σ`` the block of slot ``i``'s partition is a
   one-to-one function of ``(offset + i) mod N``, so each node gets exactly ``B/N`` samples of every batch,
   all from its own partitions, for every ``N`` that :func:`node_counts` allows (every divisor of ``P`` when
-  ``P`` is a power of two); its ranks
-  (``LOCAL_WORLD_SIZE`` of them, global ranks ``j·L … j·L + L − 1`` as torchrun numbers them) take turns
-  over them. Every rank gets ``B/W`` samples.
+  ``P`` is a power of two); its ranks (``LOCAL_WORLD_SIZE`` of them, global ranks ``j·L … j·L + L − 1``
+  as torchrun numbers them) take turns over them. Every rank gets ``B/W`` samples.
 
-Nothing of this depends on ``N``: the global batches are the same on any node count :func:`node_counts` allows, and
-a resume on another such count is exact. With ``P = 1`` the batches are those of a mixer without partitions.
+Nothing of this depends on ``N``: the global batches are the same on any node count :func:`node_counts`
+allows, and a resume on another such count is exact. With ``P = 1`` the batches are those of a mixer without partitions.
 
 Each partition draws without replacement within its own epochs. A domain's partitions are drawn at one rate,
 so where their sizes differ (by one sample, when ``P`` does not divide the domain's samples) the larger ones'
