@@ -85,3 +85,21 @@ def test_an_unusable_run_folder_is_one_line(tmp_path: Path, pike_run: Path, caps
     assert err.count("\n") == 1 and "config.json" in err
     assert main([str(pike_run), "--steps", "5:999"]) == 2
     assert "outside the run's steps" in capsys.readouterr().err
+
+
+def test_a_partitioned_run_is_replayed_with_its_partitions(tmp_path: Path) -> None:
+    """With ``train_loader.partitions`` the samples differ from a run without; the replay follows the config."""
+    for code, (name, size) in enumerate(SIZES.items(), 1):
+        write_domain(str(tmp_path / name), name, size, code=code)
+    cfg = _config(run_folder=str(tmp_path / "run"), eval_loader=None, save_folder=None, save_interval="16ba",
+                  max_duration="8ba", loggers={"console": False, "progress_bar": False})
+    cfg["train_loader"]["domains"] = [{"name": n, "local": str(tmp_path / n)} for n in SIZES]
+    cfg["train_loader"]["partitions"] = 4
+    fit(cfg)
+    audit = audit_run(tmp_path / "run")
+    assert audit.batch_log == "match" and audit.fidelity_holds
+    config = tmp_path / "run" / "config.json"
+    saved = json.loads(config.read_text())
+    saved["train_loader"]["partitions"] = None  # as if the audit ignored the partitions
+    config.write_text(json.dumps(saved))
+    assert audit_run(tmp_path / "run").batch_log != "match"
