@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+
 from pike_stream import Domain, PiKEStreamingMixer
 from tests.mds_data import write_domain
 from tests.test_mixer import SIZES
@@ -74,3 +76,27 @@ def test_eviction_keeps_the_heavy_domains_and_drops_the_unused_first(s3_env, s3_
         # code (weight 0: no use expected) went first; en, expected soonest, holds the most
         assert _shards_on_disk(tmp_path, "code") == 0
         assert _shards_on_disk(tmp_path, "en") > _shards_on_disk(tmp_path, "de") > 0
+
+
+def test_a_node_downloads_only_shards_of_its_own_partitions(s3_env, s3_bucket, tmp_path):
+    """With partitions, the read-ahead (and every read) of node 0 of 2 stays inside its block of partitions:
+    no shard that holds none of its samples is ever downloaded, however the weights move."""
+    with _mixer(s3_env, s3_bucket, tmp_path, partitions=4, rank=0, world_size=2, local_world_size=1) as mixer:
+        mixes = [{"en": 1, "de": 1, "code": 1}, {"en": 0, "de": 0.2, "code": 0.8}, {"en": 0.9, "de": 0.1, "code": 0}]
+        for step in range(60):  # beyond an epoch of de and code
+            mixer.next_batch()
+            if step % 10 == 9:
+                mixer.set_weights(mixes[(step // 10) % len(mixes)])
+        _settle(mixer)
+        foreign_shards = 0
+        for k, name in enumerate(SIZES):
+            lo, hi = 0, int(mixer.part_orders[k].bounds[2])  # node 0 of 2 owns partitions 0 and 1
+            starts = np.concatenate([[0], np.cumsum(mixer.sources[k].shard_sizes)])
+            ranges = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
+            cached = sorted(int(f.split(".")[1]) for f in os.listdir(tmp_path / "cache" / name) if f.endswith(".mds"))
+            assert cached, f"{name}: nothing cached"
+            for shard in cached:
+                first, end = ranges[shard]
+                assert first < hi and end > lo, f"{name}: shard {shard} ({first}–{end}) holds no sample of [{lo}, {hi})"
+            foreign_shards += sum(first >= hi for first, _ in ranges)
+        assert foreign_shards > 0, "every shard holds some of node 0's samples: the test would prove nothing"
