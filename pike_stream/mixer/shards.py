@@ -122,13 +122,19 @@ class ShardCache:
         with self._lock:
             self._using[key] = self._using.get(key, 0) + 1
         try:
+            fetched = False
             for _ in range(_VANISHED_ATTEMPTS):
                 with self._shard_lock(key, fcntl.LOCK_SH) as fd:
                     if self._is_local(key):
                         os.utime(fd)  # recency, for every process's eviction
+                        if fetched:  # make room now that no process can evict this shard
+                            self._evict()
                         yield
                         return
-                self.ensure(domain, shard)
+                # Not evicting between the download and the lock above: waiting for the eviction lock there
+                # left the new shard unlocked while another process evicted (and so removed it again).
+                self.ensure(domain, shard, evict=False)
+                fetched = True
             raise ShardFetchError(f"domain {source.name!r}: shard {self._basename(key)} was removed from the cache "
                                   f"{_VANISHED_ATTEMPTS} times between its download and its read (by another "
                                   f"process sharing {self._folder(domain)}): raise cache_limit")
@@ -138,8 +144,9 @@ class ShardCache:
                 if not self._using[key]:
                     del self._using[key]
 
-    def ensure(self, domain: int, shard: int) -> None:
-        """Block until the shard is local (it may be evicted again by then unless read through :meth:`open`)."""
+    def ensure(self, domain: int, shard: int, *, evict: bool = True) -> None:
+        """Block until the shard is local (it may be evicted again by then unless read through :meth:`open`);
+        ``evict=False``: do not make room in the cache afterwards (the caller does, holding the shard)."""
         key = (domain, shard)
         self._check_open(key)
         if self._is_local(key):
@@ -155,7 +162,7 @@ class ShardCache:
                     self._check_open(key)
                     raise
             else:
-                self._prepare(key)
+                self._prepare(key, evict=evict)
         finally:
             self.stall_seconds += time.perf_counter() - start
 
@@ -191,8 +198,9 @@ class ShardCache:
             raise RuntimeError(f"the shard cache is closed (reading shard {self._basename(key)} of domain "
                                f"{self.sources[key[0]].name!r})")
 
-    def _prepare(self, key: Key) -> None:
-        """Make one shard local, retrying transient failures of a remote with backoff for ``retry_seconds``."""
+    def _prepare(self, key: Key, *, evict: bool = True) -> None:
+        """Make one shard local, retrying transient failures of a remote with backoff for ``retry_seconds``;
+        then, if files were added and ``evict``, make room in the cache."""
         remote = self.sources[key[0]].domain.remote
         try:
             delay, deadline = 0.5, time.monotonic() + self.retry_seconds
@@ -214,7 +222,7 @@ class ShardCache:
         finally:
             with self._lock:
                 self._pending.pop(key, None)
-        if fetched:
+        if fetched and evict:
             self._evict()
 
     def _prepare_once(self, key: Key) -> bool:
