@@ -100,6 +100,17 @@ def test_mixer_settings_are_checked_with_the_config(tmp_path, loader, message):
         config_from_dict(_config(tmp_path, **loader))
 
 
+def test_a_node_count_the_partitions_do_not_allow_is_a_config_error_before_any_storage(tmp_path, monkeypatch):
+    from pike_stream.train.builder import _check_batch_sizes
+
+    cfg = config_from_dict(_config(tmp_path, partitions=4) | {"global_train_batch_size": 12})
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^train_loader\.partitions=4 cannot be split evenly over this run's 3 "
+                                          r"nodes \(6 ranks, 2 per node\).* \[1, 2, 4\]"):
+        _check_batch_sizes(cfg, world_size=6)
+    assert _check_batch_sizes(cfg, world_size=4) == 3  # 2 nodes of 2 ranks: allowed
+
+
 def test_model_sizes_must_be_positive(tmp_path):
     cfg = _config(tmp_path)
     cfg["model"]["n_head"] = 0  # was a ZeroDivisionError (a traceback from the CLI)

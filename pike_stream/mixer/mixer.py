@@ -54,7 +54,7 @@ from pike_stream.mixer.domain import Domain, DomainSource
 from pike_stream.mixer.order import DomainOrder, domain_seed
 from pike_stream.mixer.partitions import (
     PartitionedOrder,
-    node_counts,
+    node_count_error,
     node_of_rank,
     partition_nodes,
     slot_capacities,
@@ -594,11 +594,9 @@ def _check_partitions(partitions: int | None, nodes: int, world_size: int, local
         return None
     if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)) or partitions < 1:
         raise ValueError(f"partitions must be a positive integer (or None), got {partitions!r}")
-    if nodes not in node_counts(int(partitions)):
-        raise ValueError(f"partitions={partitions} cannot be split evenly over this run's {nodes} nodes (world_size "
-                         f"{world_size}, local_world_size {local_world_size}): with {partitions} partitions the node "
-                         f"count must be one of {node_counts(int(partitions))} (a power of two, e.g. 64, allows "
-                         f"every power-of-two node count up to it)")
+    message = node_count_error(int(partitions), nodes, world_size, local_world_size)
+    if message:
+        raise ValueError(message)
     if allow_data_growth:
         raise ValueError("allow_data_growth does not work with partitions (a grown domain would move every "
                          "partition's boundaries); use one or the other")

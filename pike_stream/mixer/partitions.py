@@ -41,8 +41,8 @@ import numpy as np
 
 from pike_stream.mixer.order import DomainOrder
 
-__all__ = ["PartitionedOrder", "node_counts", "node_of_rank", "partition_nodes", "slot_capacities", "slot_order",
-           "split_counts"]
+__all__ = ["PartitionedOrder", "node_count_error", "node_counts", "node_of_rank", "partition_nodes",
+           "slot_capacities", "slot_order", "split_counts"]
 
 
 def partition_bounds(num_samples: int, partitions: int) -> np.ndarray:
@@ -160,6 +160,16 @@ def node_counts(partitions: int) -> list[int]:
     for radix in _factors(partitions):
         counts.append(counts[-1] * radix)
     return counts
+
+
+def node_count_error(partitions: int, nodes: int, ranks: int, local: int) -> str | None:
+    """Why ``partitions`` cannot be split over ``nodes`` nodes of ``local`` ranks each (``ranks`` in all),
+    or None when it can."""
+    if nodes in node_counts(partitions):
+        return None
+    return (f"partitions={partitions} cannot be split evenly over this run's {nodes} nodes ({ranks} ranks, {local} "
+            f"per node): with {partitions} partitions the node count must be one of {node_counts(partitions)} (a "
+            f"power of two, e.g. 64, allows every power-of-two node count up to it)")
 
 
 def partition_nodes(partitions: int, nodes: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from composer.optim import (
 from composer.utils import dist, get_device, reproducibility
 
 from pike_stream.mixer import Domain, PiKEStreamingMixer
-from pike_stream.mixer.partitions import node_counts
+from pike_stream.mixer.partitions import node_count_error
 from pike_stream.step_statistics import split_batch
 from pike_stream.storage import S3Settings, s3_client
 from pike_stream.storage.client import explain_client_error
@@ -84,11 +84,10 @@ def _check_batch_sizes(cfg: TrainConfig, world_size: int) -> int:
                               f"{'' if ramp is None else ', on the batch-size ramp'})")
     partitions = cfg.train_loader.partitions
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
-    if partitions is not None and world_size % local == 0 and world_size // local not in node_counts(partitions):
-        raise ConfigError(f"train_loader.partitions={partitions} cannot be split evenly over this run's "
-                          f"{world_size // local} nodes ({world_size} ranks, {local} per node): with {partitions} "
-                          f"partitions the node count must be one of {node_counts(partitions)} (a power of two "
-                          f"allows every power-of-two node count up to it)")
+    if partitions is not None and world_size % local == 0:
+        message = node_count_error(partitions, world_size // local, world_size, local)
+        if message:
+            raise ConfigError(f"train_loader.{message}")
     return cfg.global_train_batch_size // world_size
 
 
