@@ -70,6 +70,11 @@ def test_config_mistakes_are_one_line_from_the_cli(domains_root, tmp_path):
                             "max_seq_len=32, but the domains were converted with seq_len 16"),
         "bad-size": (_config(domains_root, cache_limit="10 parsecs"), [],
                      "train_loader.cache_limit: '10 parsecs' is not a size in bytes"),
+        # An override of a variable reaches every value that interpolates it (resolved after the overrides).
+        "variable-override": (_config(domains_root) | {"variables": {"seq": 16}, "max_seq_len": "${variables.seq}"},
+                              ["variables.seq=32"], "max_seq_len=32, but the domains were converted with seq_len 16"),
+        "missing-variable": (_config(domains_root) | {"max_seq_len": "${variables.seq}"}, [],
+                             "max_seq_len: Interpolation key 'variables.seq' not found"),
     }
     procs = {name: _train(tmp_path, name, cfg, *overrides) for name, (cfg, overrides, _) in cases.items()}
     for name, (_, _, expected) in cases.items():
@@ -109,6 +114,27 @@ def test_a_node_count_the_partitions_do_not_allow_is_a_config_error_before_any_s
                                           r"nodes \(6 ranks, 2 per node\).* \[1, 2, 4\]"):
         _check_batch_sizes(cfg, world_size=6)
     assert _check_batch_sizes(cfg, world_size=4) == 3  # 2 nodes of 2 ranks: allowed
+
+
+def test_values_interpolate_variables_and_the_environment_as_in_llm_foundry_yamls(tmp_path, monkeypatch):
+    from pike_stream.train.config import load_config
+
+    monkeypatch.setenv("PIKE_TEST_DATA", str(tmp_path / "data"))
+    cfg = _config(tmp_path) | {"variables": {"seq": 64, "lr": "2e-3", "data": "${oc.env:PIKE_TEST_DATA}"},
+                               "max_seq_len": "${variables.seq}", "optimizer": {"lr": "${variables.lr}"},
+                               "run_name": "seq-${variables.seq}"}
+    cfg["train_loader"]["domains"][0]["local"] = "${variables.data}/a"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    loaded = load_config(path)
+    assert (loaded.max_seq_len, loaded.optimizer.lr, loaded.run_name) == (64, pytest.approx(2e-3), "seq-64")
+    assert loaded.train_loader.domains[0].local == str(tmp_path / "data" / "a")
+    assert load_config(path, ["variables.seq=128"]).max_seq_len == 128
+    assert load_config(path, ["max_seq_len=32"]).max_seq_len == 32  # a value set directly wins
+    with pytest.raises(ConfigError, match=r"^variables: expected a mapping of values for interpolations, got \[1\]$"):
+        config_from_dict(_config(tmp_path) | {"variables": [1]})
+    with pytest.raises(ConfigError, match=r"^max_seq_len: .*'\$\{variables\.seq'"):  # unclosed
+        config_from_dict(_config(tmp_path) | {"max_seq_len": "${variables.seq"})
 
 
 def test_model_sizes_must_be_positive(tmp_path):

@@ -4,6 +4,11 @@ YAML keys map one-to-one to dataclass fields (llm-foundry's names where it has t
 field is an error naming it and the closest valid key. Command-line overrides ``key=value`` use dotted keys
 and YAML-typed values (``max_duration=20ba algorithms.pike.zeta1=0.5 train_loader.domains.0.split=val``).
 
+Values may interpolate others with omegaconf's syntax, as llm-foundry YAMLs do: ``max_seq_len:
+${variables.seq_len}``, where the top-level ``variables`` mapping holds free-form values that only
+interpolations read. Interpolations are resolved after the overrides, so ``variables.seq_len=256`` changes
+every value that refers to it.
+
 Values are read by the field's declared type: a YAML ``1e-4`` (a string to YAML 1.1) is a float where a
 float is expected; a :data:`ByteSize` (``cache_limit``) is a number of bytes or a size like ``10gb``.
 Durations are Composer time strings in batches (``100ba``) or tokens (``1_000_000tok``); tokens are turned
@@ -58,6 +63,7 @@ __all__ = [
     "load_config",
     "parse_duration",
     "pike_options",
+    "resolve_interpolations",
     "section_from_dict",
 ]
 
@@ -613,6 +619,40 @@ def _list_index(part: str, node: list[Any], where: str) -> int:
     return int(part)
 
 
+def resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with omegaconf's ``${...}`` interpolations resolved and the top-level ``variables`` mapping
+    (values for interpolations only) removed. Without any ``${`` it is returned as it is, omegaconf unused."""
+    if not _has_interpolation(data):
+        data = dict(data)
+    else:
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            resolved = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None) or "config"
+            message = str(getattr(error, "msg", None) or error).splitlines()[0]
+            raise ConfigError(f"{key}: {message} (interpolations are omegaconf's: ${{key.path}}, e.g. "
+                              f"${{variables.seq_len}})") from None
+        assert isinstance(resolved, dict)
+        data = {str(k): v for k, v in resolved.items()}
+    variables = data.pop("variables", None)
+    if variables is not None and not isinstance(variables, dict):
+        raise ConfigError(f"variables: expected a mapping of values for interpolations, got {variables!r}")
+    return data
+
+
+def _has_interpolation(value: Any) -> bool:
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, dict):
+        return any(_has_interpolation(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_interpolation(v) for v in value)
+    return False
+
+
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML training config, apply ``key=value`` overrides and check it.
 
@@ -659,5 +699,5 @@ def section_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """A checked :class:`TrainConfig` from a mapping with the YAML's keys."""
-    return _build(TrainConfig, data, "")
+    """A checked :class:`TrainConfig` from a mapping with the YAML's keys (interpolations resolved)."""
+    return _build(TrainConfig, resolve_interpolations(data), "")
