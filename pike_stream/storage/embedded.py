@@ -35,6 +35,8 @@ Choices forced by SeaweedFS's defaults:
   ``master.toml`` grows one at a time and ``-volume.max`` is high (volumes are not preallocated);
 * the master's raft election timeout is 0.3 s instead of 10 s, so a restarted master leads before the
   volume server's first heartbeat (a missed one costs 5 s more); startup takes ~3–5 s, at worst ~9 s;
+* a restarted server is ready only once one stored object of each bucket reads back: S3 answers before the
+  filer knows where the volumes are, and reads in between fail with InternalError;
 * the environment weed sees has no ``AWS_*``/``S3_*``/``WEED_*`` variables (weed would adopt them as
   identities or settings) and ``HOME`` is the data folder (no per-user ``~/.seaweedfs`` config);
 * on SIGTERM weed drains its filer's gRPC streams for a fixed 15 s, so a graceful stop takes ~16 s.
@@ -355,9 +357,25 @@ class EmbeddedS3:
                 )
                 self._stop(grace_s=0.0)
                 raise StorageError(message)
-            if self._answers_s3(client) and volume_server_up(self.ports):
+            if self._answers_s3(client) and volume_server_up(self.ports) and self._reads_stored_objects(client):
                 return
             time.sleep(0.1)
+
+    def _reads_stored_objects(self, client: Any) -> bool:
+        """Whether one stored object of each bucket (its first byte) can be read. After a restart, S3 and the
+        volume server can answer before the filer knows where the volumes are; a read then fails with
+        InternalError for a while (seen under load), so the server is not ready yet."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for bucket in client.list_buckets().get("Buckets", []):
+                listing = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=20).get("Contents", [])
+                stored = next((item["Key"] for item in listing if item.get("Size", 0) > 0), None)
+                if stored is not None:
+                    client.get_object(Bucket=bucket["Name"], Key=stored, Range="bytes=0-0")["Body"].read()
+        except (BotoCoreError, ClientError):
+            return False
+        return True
 
     def _write_state(self, *, starting: bool) -> None:
         assert self.ports is not None and self._pid is not None
