@@ -54,8 +54,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/pyright
 
+# The main suite runs on two pytest-xdist workers: many tests wait on subprocesses (a CLI's imports, weed's
+# start, a launcher) with a core idle, so two workers take about three quarters of the serial time here.
 test: lint install-foundry
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 	$(FBIN)/python -m pytest -q tests/test_foundry.py tests/test_wandb.py
 
 # The plug-in's test alone: llm-foundry's train command with the mixer and PiKE, killed and resumed (~3 min).
