@@ -19,6 +19,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -351,3 +352,43 @@ def test_llm_foundry_trains_with_pike_and_resumes_exactly_after_a_kill(s3_env: E
     assert _metrics_by_step(resumed / "run", losses) == _metrics_by_step(reference / "run", losses)
     weights = [m["pike/weight/ru"] for m in pike.values() if "pike/weight/ru" in m]
     assert len(set(weights)) > 1, "PiKE never moved the weights"
+
+
+@pytest.mark.slow
+@_NEEDS_FOUNDRY
+def test_llm_foundry_on_two_ranks_trains_on_the_batches_its_logged_weights_define(s3_env: EmbeddedS3, s3_bucket: str,
+                                                                                  tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """llm-foundry's train command on two ranks under Composer's launcher (gloo on CPU), as
+    ``composer -n 2 -m llmfoundry.cli.cli train yamls/foundry_pike.yaml``: each rank trains on its half of
+    every global batch, PiKE refreshes the weights on both ranks alike, and the two halves together are, at
+    every step, the batch a one-rank mixer composes from the weights rank 0 logged (as ``pike-stream audit``
+    replays a native run). Ranks that disagreed on a weight would compose different global batches."""
+    from pike_stream.mixer import Domain, PiKEStreamingMixer
+    from pike_stream.train import read_batch_log
+    from pike_stream.train.records import read_metrics
+
+    monkeypatch.setenv("PIKE_STREAM_HOME", str(tmp_path / "home"))
+    _convert(_write_corpus(tmp_path / "corpus"), f"s3://{s3_bucket}/mds")
+    steps, run = 12, tmp_path / "two-ranks" / "run"
+    overrides = [*_overrides(s3_bucket, run, "two-ranks"), f"max_duration={steps}ba", f"save_interval={steps}ba"]
+    command = [sys.executable, "-m", "composer.cli.launcher", "-n", "2", "-m", "llmfoundry.cli.cli", "train",
+               str(YAML), *overrides]
+    _finish(_start(command, tmp_path / "two-ranks", tmp_path / "two-ranks.log"), tmp_path / "two-ranks.log")
+
+    assert sorted(p.name for p in run.glob("batches-rank*.jsonl")) == ["batches-rank0.jsonl", "batches-rank1.jsonl"]
+    names = list(ALPHABETS)
+    weights = {int(r["step"]): np.array([r[f"pike/weight/{n}"] for n in names])
+               for r in read_metrics(run) if "pike/weight/en" in r}
+    assert sorted(weights) == list(range(steps))
+    assert not np.allclose(weights[0], weights[steps - 1]), "PiKE never moved the weights: the test would prove little"
+    logged = read_batch_log(run)
+    assert sorted(logged) == list(range(steps))
+    domains = [Domain(name=n, remote=f"s3://{s3_bucket}/mds/{n}", split="train") for n in names]
+    with PiKEStreamingMixer(domains, 12, seed=17, rank=0, world_size=1, read_ahead=0) as mixer:
+        for step in range(steps):
+            mixer.set_weights(weights[step])
+            domain, sample = mixer.compose()
+            np.testing.assert_array_equal(logged[step][0], domain, err_msg=f"domains of step {step}")
+            np.testing.assert_array_equal(logged[step][1], sample, err_msg=f"sample ids of step {step}")
