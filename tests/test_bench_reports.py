@@ -106,3 +106,19 @@ def test_the_batch_24_spread_study_is_regenerated_exactly_and_chooses_nothing(tm
     assert (tmp_path / "spread_b24.md").read_text() == (RESULTS / "spread_b24.md").read_text()
     assert result["settings"]["batches"] == [24]
     assert json.loads((RESULTS / "noise.json").read_text())["settings"]["batch"] == runs.BATCH == 64
+
+
+def test_alignment_quarters_sum_each_estimate_over_its_quarter_of_the_run() -> None:
+    import bench_alignment as ba
+
+    def probe(step: int, g_train: float, g_gen: float) -> dict:
+        return {"step": step, "a": {"G_train": g_train, "G_gen": g_gen, "G_val": 0.0, "loss_train": 1.0,
+                                    "loss_val": 1.5}}
+
+    records = [probe(10, 2.0, 2.0), probe(20, 2.0, 1.0), probe(30, 1.0, 0.5), probe(40, -1.0, 0.0)]
+    quarters = ba._quarters(records, ["a"], 40)["a"]
+    assert [q["steps"] for q in quarters] == ["1-10", "11-20", "21-30", "31-40"]
+    assert [q["probes"] for q in quarters] == [1, 1, 1, 1]
+    ratios = [q["gen_over_train"] for q in quarters]
+    assert ratios[:3] == [1.0, 0.5, 0.5] and np.isnan(ratios[3])  # a sum of G_train ≤ 0 has no ratio
+    assert all(q["loss_val_minus_train"] == 0.5 for q in quarters)
