@@ -3,6 +3,10 @@
     python bench/corpora.py multilingual MULTI && python bench/corpora.py unequal UNEQUAL
     python bench/bench_corpora.py --multilingual MULTI/mds --unequal UNEQUAL/mds --work RUNS [--jobs 2]
     python bench/bench_corpora.py --report-only
+    python bench/bench_corpora.py --unequal UNEQUAL/mds --lr 6e-3 --seeds 40,41,42 --name unequal_lr0.006
+
+One corpus may run alone; ``--lr`` trains every arm at another AdamW learning rate and ``--name`` names the
+results (``NAME.json``, ``NAME.md``).
 
 The same model, batches (64 × 64 tokens), optimizer, schedule and evaluation as ``bench/bench_headroom.py``
 (``bench/runs.py``); nothing is tuned here: every adaptive arm runs the library's defaults (chosen on the
@@ -10,7 +14,8 @@ headroom corpus's tuning seed). Arms: uniform, pike, balanced_pike (τ = 1), and
 (size-based mixing, the usual default when domains differ in size). Scores: the validation loss averaged over
 all domains (PiKE's objective) and the worst domain's (Balanced-PiKE's), paired per seed against uniform.
 
-Writes ``bench/results/corpora.json`` and ``corpora.md``; finished runs are kept in ``WORK/<name>.json``.
+Writes ``bench/results/corpora.json`` and ``corpora.md`` (or ``NAME.*``); finished runs are kept in
+``WORK/<name>.json``.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ import numpy as np  # noqa: E402
 
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import RESULTS, add_common_arguments, check_data, regenerate, run_one, run_pool, shipped_defaults  # noqa: E402
+from runs import LR, RESULTS, add_common_arguments, check_data, regenerate, run_one, run_pool, shipped_defaults  # noqa: E402
 
 __all__ = ["analyse", "main", "write_report"]
 
 BALANCED_TAU = 1.0
+FOLDER_NAMES = {"multilingual": "MULTI", "unequal": "UNEQUAL"}  # as the README's commands name them
 
 
 def arms(corpus: str) -> dict[str, dict[str, Any]]:
@@ -81,11 +87,13 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
+def write_report(result: dict[str, Any], out: Path = RESULTS, name: str = "corpora") -> None:
     a = analyse(result)
     s = result["settings"]
-    lines = ["# PiKE on corpora with little headroom (multilingual, unequal)", "",
-             f"{s['steps']} steps of 64 × 64 tokens, the model and optimizer of `bench/bench_headroom.py`; PiKE and "
+    lr = f" at AdamW lr {s['lr']:g}" if "lr" in s else ""
+    lines = [f"# PiKE on corpora with little headroom ({', '.join(result['corpora'])})", "",
+             f"{s['steps']} steps of 64 × 64 tokens, the model and optimizer of `bench/bench_headroom.py`{lr}; "
+             "PiKE and "
              f"Balanced-PiKE (τ = {BALANCED_TAU:g}) at the library's defaults {result['defaults']}, chosen on the "
              f"headroom corpus's tuning seed before these runs. Seeds {', '.join(map(str, s['seeds']))}; differences "
              "are paired per seed against uniform (mean ± sd). Negative is better.", "",
@@ -102,10 +110,10 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
                          f"{', '.join(f'{x:.4f}' for x in row['final_worst'])} | {fmt_spread(row['diff_worst'])} | "
                          f"{weights} |")
         lines.append("")
-        for name, goal in c["goals"].items():
-            lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
+        for goal_name, goal in c["goals"].items():
+            lines.append(f"- **{goal_name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
         lines.append("")
-    (out / "corpora.md").write_text("\n".join(lines))
+    (out / f"{name}.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,31 +121,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multilingual", help="mds/ folder of `bench/corpora.py multilingual`")
     parser.add_argument("--unequal", help="mds/ folder of `bench/corpora.py unequal`")
     add_common_arguments(parser, "pike-corpora", "1,2,3")
+    parser.add_argument("--lr", type=float, help=f"AdamW's peak learning rate (default {LR:g})")
+    parser.add_argument("--name", default="corpora", help="the results' file name: NAME.json, NAME.md")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if regenerate(args, "corpora", write_report):
+    if regenerate(args, args.name, lambda result, folder: write_report(result, folder, args.name)):
         return 0
-    data = {"multilingual": args.multilingual, "unequal": args.unequal}
+    data = {c: f for c, f in {"multilingual": args.multilingual, "unequal": args.unequal}.items() if f}
+    if not data:
+        parser.error("give --multilingual, --unequal or both")
     for corpus, folder in data.items():
         check_data(parser, folder, CORPORA[corpus], f"--{corpus}", corpus)
     os.makedirs(args.work, exist_ok=True)
     seeds = [int(x) for x in args.seeds.split(",")]
+    lr = {} if args.lr is None else {"lr": args.lr}
     pool = run_pool(args.jobs)
     futures = {corpus: [pool.submit(run_one, {"name": f"{corpus}-{arm}-s{seed}", "seed": seed, "eval_split": "val",
-                                              "arm": arm, "pike": pike}, data[corpus], args.work, args.steps,
+                                              "arm": arm, "pike": pike, **lr}, data[corpus], args.work, args.steps,
                                     args.eval_every, CORPORA[corpus])
                         for seed in seeds for arm, pike in arms(corpus).items()] for corpus in data}
     runs = {corpus: [f.result() for f in fs] for corpus, fs in futures.items()}
     pool.shutdown()
-    result = {"settings": {"steps": args.steps, "eval_every": args.eval_every, "seeds": seeds},
+    folders = " ".join(f"--{corpus} {FOLDER_NAMES[corpus]}/mds" for corpus in data)
+    extra = "" if args.lr is None else f" --lr {args.lr:g}"
+    extra += "" if args.name == "corpora" else f" --name {args.name}"
+    result = {"settings": {"steps": args.steps, "eval_every": args.eval_every, "seeds": seeds, **lr},
               "defaults": shipped_defaults(),
-              "command": "python bench/bench_corpora.py --multilingual MULTI/mds --unequal UNEQUAL/mds --work RUNS "
-                         f"--steps {args.steps} --eval-every {args.eval_every} --seeds {args.seeds} --jobs {args.jobs}",
+              "command": f"python bench/bench_corpora.py {folders} --work RUNS "
+                         f"--steps {args.steps} --eval-every {args.eval_every} --seeds {args.seeds} --jobs {args.jobs}"
+                         f"{extra}",
               "corpora": runs}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "corpora.json").write_text(json.dumps(result, separators=(",", ":")))
-    write_report(result, out)
-    print(f"wrote {out / 'corpora.json'} and corpora.md", flush=True)
+    (out / f"{args.name}.json").write_text(json.dumps(result, separators=(",", ":")))
+    write_report(result, out, args.name)
+    print(f"wrote {out / f'{args.name}.json'} and {args.name}.md", flush=True)
     return 0
 
 
