@@ -122,3 +122,12 @@ def test_alignment_quarters_sum_each_estimate_over_its_quarter_of_the_run() -> N
     ratios = [q["gen_over_train"] for q in quarters]
     assert ratios[:3] == [1.0, 0.5, 0.5] and np.isnan(ratios[3])  # a sum of G_train ≤ 0 has no ratio
     assert all(q["loss_val_minus_train"] == 0.5 for q in quarters)
+
+
+def test_the_unequal_corpus_at_lr_6e3_is_regenerated_exactly_and_ran_the_shipped_defaults(tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "unequal_lr0.006.json").read_text())
+    bcorp.write_report(result, tmp_path, "unequal_lr0.006")
+    assert (tmp_path / "unequal_lr0.006.md").read_text() == (RESULTS / "unequal_lr0.006.md").read_text()
+    assert result["settings"]["lr"] == 6e-3 and list(result["corpora"]) == ["unequal"]
+    assert result["defaults"] == runs.shipped_defaults()
+    assert {run["spec"]["lr"] for run in result["corpora"]["unequal"]} == {6e-3}
