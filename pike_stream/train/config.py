@@ -63,7 +63,6 @@ __all__ = [
     "load_config",
     "parse_duration",
     "pike_options",
-    "resolve_interpolations",
     "section_from_dict",
 ]
 
@@ -619,7 +618,7 @@ def _list_index(part: str, node: list[Any], where: str) -> int:
     return int(part)
 
 
-def resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
+def _resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with omegaconf's ``${...}`` interpolations resolved and the top-level ``variables`` mapping
     (values for interpolations only) removed. Without any ``${`` it is returned as it is, omegaconf unused."""
     if not _has_interpolation(data):
@@ -700,4 +699,4 @@ def section_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A checked :class:`TrainConfig` from a mapping with the YAML's keys (interpolations resolved)."""
-    return _build(TrainConfig, resolve_interpolations(data), "")
+    return _build(TrainConfig, _resolve_interpolations(data), "")
