@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader
 from pike_stream.controller import (
     DEFAULT_CONFLICT_THRESHOLD,
     DEFAULT_EMA,
+    DEFAULT_METRIC,
     DEFAULT_PROBE_SAMPLES,
     DEFAULT_PULL,
     DEFAULT_UPDATE_INTERVAL,
@@ -72,6 +73,8 @@ from pike_stream.controller import (
     WeightUpdate,
     check_schedule,
 )
+from pike_stream.gradient_sums import trainable_parameters, unwrap_ddp
+from pike_stream.metric import ParamScale, adam_metric
 from pike_stream.mixer import PiKEStreamingMixer
 from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
 from pike_stream.step_statistics import DomainGroupedBatch, StepStatistics, plan_microbatches, split_batch
@@ -142,6 +145,9 @@ class PiKE(Algorithm):
         pull: after every update, move the weights this fraction of the way back (in log space) to the
             mixture of the run's first step, in ``[0, 1]``; 0 is the paper's rule
             (:data:`~pike_stream.controller.DEFAULT_PULL`).
+        metric: the inner product of the statistics: ``"euclidean"`` (the paper's) or ``"adam"`` (that of the
+            Adam(W) step, read from the optimizer's state; :mod:`pike_stream.metric`). With ``"adam"`` an
+            update before the optimizer's first step is skipped (the weights stay).
         allow_changes: resume a checkpoint saved with other PiKE options (strategy, its options, schedule),
             logging what changed; by default such a resume is refused (the weights would differ from the
             interrupted run's).
@@ -169,13 +175,13 @@ class PiKE(Algorithm):
     def __init__(self, *, strategy: str = "pike", update_interval: int = DEFAULT_UPDATE_INTERVAL,
                  warmup_steps: int = 0, probe_samples: int = DEFAULT_PROBE_SAMPLES,
                  initial_weights: Mapping[str, float] | None = None, ema: float = DEFAULT_EMA,
-                 pull: float = DEFAULT_PULL, allow_changes: bool = False,
+                 pull: float = DEFAULT_PULL, metric: str = DEFAULT_METRIC, allow_changes: bool = False,
                  per_sample_loss: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
                  sketch_dim: int = 256, conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD,
                  **options: Any) -> None:
         super().__init__()
         self.strategy = get_strategy(strategy, **options)
-        check_schedule(update_interval, warmup_steps, ema, probe_samples, pull)
+        check_schedule(update_interval, warmup_steps, ema, probe_samples, pull, metric)
         if isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 0:
             raise ValueError(f"PiKE option 'sketch_dim' must be an integer ≥ 0, got {sketch_dim!r}")
         if conflict_threshold is not None and (
@@ -193,6 +199,7 @@ class PiKE(Algorithm):
         self.probe_samples = int(probe_samples)
         self.ema = float(ema)
         self.pull = float(pull)
+        self.metric = metric
         if not isinstance(allow_changes, bool):
             raise ValueError(f"PiKE option 'allow_changes' must be true or false, got {allow_changes!r}")
         self.allow_changes = allow_changes
@@ -209,7 +216,7 @@ class PiKE(Algorithm):
     def __repr__(self) -> str:
         return (f"PiKE(strategy={self.strategy!r}, update_interval={self.update_interval}, "
                 f"warmup_steps={self.warmup_steps}, probe_samples={self.probe_samples}, ema={self.ema}, "
-                f"pull={self.pull})")
+                f"pull={self.pull}, metric={self.metric!r})")
 
     @staticmethod
     def data_spec(mixer: PiKEStreamingMixer) -> DataSpec:
@@ -241,7 +248,7 @@ class PiKE(Algorithm):
         self.controller = MixingController(self.strategy, mixer.domain_names, update_interval=self.update_interval,
                                            warmup_steps=self.warmup_steps, ema=self.ema,
                                            probe_samples=self.probe_samples, pull=self.pull,
-                                           conflict_threshold=self.conflict_threshold,
+                                           metric=self.metric, conflict_threshold=self.conflict_threshold,
                                            allow_changes=self.allow_changes)
         if previous is not None:
             self.controller.load_state_dict(previous, allow_domain_changes=mixer.allow_domain_changes)
@@ -302,19 +309,37 @@ class PiKE(Algorithm):
         metrics["pike/batch_size"] = float(len(state.batch["domain"]) * dist.get_world_size())
         probe = None
         if controller.probes_at(step) and not self.probe_samples:
-            self._group_by_domain(state)
-            logger.log_metrics(metrics)
+            scales = self._adam_scales(state, step)
+            if scales is not None or self.metric == "euclidean":
+                self._group_by_domain(state, scales)
+                logger.log_metrics(metrics)
+                return
+            self._update(step, current, None, metrics, logger)
             return
         if controller.probes_at(step):
             start = time.perf_counter()
-            batch = state.device.batch_to_device(mixer.probe_batch(self._probe_size()))
-            with get_precision_context(state.precision, state.precision_config):
-                probe = probe_domains(state.model, batch, len(mixer.domain_names), self.per_sample_loss,
-                                      sketch_dim=self.sketch_dim, seed=step)
+            scales = self._adam_scales(state, step)
+            if scales is not None or self.metric == "euclidean":
+                batch = state.device.batch_to_device(mixer.probe_batch(self._probe_size()))
+                with get_precision_context(state.precision, state.precision_config):
+                    probe = probe_domains(state.model, batch, len(mixer.domain_names), self.per_sample_loss,
+                                          sketch_dim=self.sketch_dim, seed=step, metric=scales)
             metrics["pike/probe_seconds"] = time.perf_counter() - start
         self._update(step, current, probe, metrics, logger)
 
-    def _group_by_domain(self, state: State) -> None:
+    def _adam_scales(self, state: State, step: int) -> list[ParamScale | None] | None:
+        """Adam's preconditioner for ``metric: adam`` (None for the Euclidean metric, and before the optimizer's
+        first step, when the update is skipped)."""
+        if self.metric == "euclidean":
+            return None
+        params = trainable_parameters(unwrap_ddp(state.model), None)
+        scales = adam_metric(state.optimizers, params)
+        if scales is None:
+            log.info("PiKE: metric adam: the optimizer has no second moments before its first step; the update "
+                     "at step %d is skipped (weights unchanged)", step)
+        return scales
+
+    def _group_by_domain(self, state: State, scales: list[ParamScale | None] | None) -> None:
         """Mark the batch of an update step for domain-grouped microbatches and start measuring them."""
         assert self.mixer is not None and state.device_train_microbatch_size is not None
         domains = state.batch["domain"]
@@ -325,7 +350,7 @@ class PiKE(Algorithm):
                       and scaler.is_enabled() else 1.0)
         self._step_statistics = StepStatistics(state.model, plan, len(self.mixer.domain_names), domains.shape[0],
                                                sketch_dim=self.sketch_dim, seed=int(state.timestamp.batch),
-                                               grad_scale=grad_scale)
+                                               grad_scale=grad_scale, metric=scales)
         self._step_seconds = 0.0
 
     def _measure_step(self, event: Event, state: State, logger: Logger) -> None:

@@ -105,6 +105,13 @@ DEFAULT_PULL = 0.1
 (:func:`~pike_stream.strategies.pull_toward`); 0 is the paper's rule, where the weights are the running sum of all
 past steps. Chosen on the headroom benchmark's tuning seed (``bench/results/headroom.md``)."""
 
+METRICS = ("euclidean", "adam")
+"""The inner products the statistics can be measured in (:mod:`pike_stream.metric`): ``"euclidean"``, the
+paper's (the SGD step's), or ``"adam"``, that of the Adam(W) step the optimizer takes."""
+
+DEFAULT_METRIC = "euclidean"
+"""The statistics' inner product by default (see :data:`METRICS`)."""
+
 DEFAULT_CONFLICT_THRESHOLD = -0.2
 """Report a conflict when a pair's averaged gradient cosine (:attr:`MixingController.cosines`) stays below
 this. PiKE's bound assumes low gradient conflict (cosines near zero or positive)."""
@@ -161,9 +168,9 @@ def min_cosine(cosine: np.ndarray | None) -> tuple[float, int, int] | None:
 
 
 def check_schedule(update_interval: Any, warmup_steps: Any, ema: Any, probe_samples: Any,
-                   pull: Any = DEFAULT_PULL) -> None:
+                   pull: Any = DEFAULT_PULL, metric: Any = DEFAULT_METRIC) -> None:
     """Raise ``ValueError`` naming the option unless ``update_interval ≥ 1``, ``warmup_steps ≥ 0``,
-    ``probe_samples ≥ 0`` (integers), ``0 ≤ ema < 1`` and ``0 ≤ pull ≤ 1``."""
+    ``probe_samples ≥ 0`` (integers), ``0 ≤ ema < 1``, ``0 ≤ pull ≤ 1`` and ``metric`` in :data:`METRICS`."""
     def integer(value: Any, minimum: int) -> bool:
         return bool(not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum)
 
@@ -181,6 +188,9 @@ def check_schedule(update_interval: Any, warmup_steps: Any, ema: Any, probe_samp
     if isinstance(pull, bool) or not isinstance(pull, (int, float)) or not (math.isfinite(pull) and 0.0 <= pull <= 1.0):
         raise ValueError(f"PiKE option 'pull' (fraction of the way back to the initial mixture at every update) "
                          f"must be in [0, 1], got {pull!r}")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ValueError(f"PiKE option 'metric' (the inner product of the gradient statistics) must be one of "
+                         f"{', '.join(map(repr, METRICS))}, got {metric!r}")
 
 
 class MixingController:
@@ -197,6 +207,8 @@ class MixingController:
         probe_samples: m, samples of every domain in a probe batch; 0: the training batch's. The
             controller only carries the number for its caller (who draws the probe batch).
         pull: λ in ``[0, 1]``, how far the weights return to the anchor after every update; 0: never.
+        metric: the inner product the caller measures the statistics in (:data:`METRICS`); like
+            ``probe_samples``, the controller only carries it (in :attr:`options`).
         conflict_threshold: report the two domains whose averaged gradient cosine is lowest when it stays
             below this; None never does.
         allow_changes: let :meth:`load_state_dict` continue a state saved with other :attr:`options` (the
@@ -207,8 +219,9 @@ class MixingController:
     def __init__(self, strategy: Strategy, domain_names: Sequence[str], *,
                  update_interval: int = DEFAULT_UPDATE_INTERVAL, warmup_steps: int = 0, ema: float = DEFAULT_EMA,
                  probe_samples: int = DEFAULT_PROBE_SAMPLES, pull: float = DEFAULT_PULL,
+                 metric: str = DEFAULT_METRIC,
                  conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD, allow_changes: bool = False) -> None:
-        check_schedule(update_interval, warmup_steps, ema, probe_samples, pull)
+        check_schedule(update_interval, warmup_steps, ema, probe_samples, pull, metric)
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a mixing strategy (get_strategy(name)), got {type(strategy).__name__}")
         names = list(domain_names)
@@ -221,6 +234,7 @@ class MixingController:
         self.ema = float(ema)
         self.probe_samples = int(probe_samples)
         self.pull = float(pull)
+        self.metric = str(metric)
         self.conflict_threshold = conflict_threshold
         self.allow_changes = bool(allow_changes)
         self.anchor: np.ndarray | None = None  # the weights of the first step seen (see the module docstring)
@@ -238,7 +252,7 @@ class MixingController:
         strategy = {f.name: getattr(self.strategy, f.name) for f in dataclasses.fields(self.strategy)}  # type: ignore[arg-type]
         return {"strategy": self.strategy.name, **strategy, "update_interval": self.update_interval,
                 "warmup_steps": self.warmup_steps, "ema": self.ema, "pull": self.pull,
-                "probe_samples": self.probe_samples}
+                "probe_samples": self.probe_samples, "metric": self.metric}
 
     @property
     def num_domains(self) -> int:
@@ -376,8 +390,8 @@ class MixingController:
         saved = obj.get("options")
         if saved is None:  # a state before version 3 records only the strategy's name
             saved, current = {"strategy": obj.get("strategy")}, {"strategy": self.strategy.name}
-        else:
-            current = self.options
+        else:  # states saved before the metric option measured in the Euclidean one
+            saved, current = {"metric": "euclidean", **saved}, self.options
         changed = [f"{key} {saved.get(key, '(unset)')!r} → {current.get(key, '(unset)')!r}"
                    for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
         if not changed:

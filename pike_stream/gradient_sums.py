@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pike_stream.metric import ParamScale
+
 __all__ = ["NUM_SUMS", "ProbeResult", "all_reduce_sums", "chunk_elements", "combine_sums", "domain_column",
            "reduce_pair", "rows_of", "trainable_parameters", "unwrap_ddp"]
 
@@ -111,20 +113,24 @@ def reduce_pair(
     sketch: torch.Tensor,
     seed: int,
     chunk: int,
+    metric: Sequence[ParamScale | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``⟨g_A, g_B⟩`` and ``‖g_A − g_B‖²`` as float64 scalars; adds the sketch of ``n_A·g_A + n_B·g_B`` to
     ``sketch``.
 
     A parameter that one half's loss does not reach has a None gradient, i.e. zero. Each parameter tensor is
     processed in slices of ``chunk`` elements, in float32, so the temporaries stay small and low-precision
-    gradients are summed accurately.
+    gradients are summed accurately. With ``metric`` (one entry per parameter, :mod:`pike_stream.metric`)
+    every slice is first multiplied by its ``√P``, so all three are taken in the inner product
+    ``⟨a, b⟩_P``; a None entry leaves the parameter out.
     """
     device = sketch.device
     dot = torch.zeros((), dtype=torch.float64, device=device)
     diff_sq = torch.zeros((), dtype=torch.float64, device=device)
     sketch_dim = sketch.numel()
     for index, (a, b) in enumerate(zip(g_a, g_b)):
-        if a is None and b is None:
+        scale = metric[index] if metric is not None else None
+        if (a is None and b is None) or (metric is not None and scale is None):
             continue
         ref = a if a is not None else b
         assert ref is not None
@@ -135,6 +141,10 @@ def reduce_pair(
             stop = min(start + chunk, ref.numel())
             chunk_a = flat_a[start:stop].float() if flat_a is not None else None
             chunk_b = flat_b[start:stop].float() if flat_b is not None else None
+            if scale is not None:  # out of place: .float() of a float32 gradient is the gradient itself
+                root = scale.root(start, stop).to(ref.device)
+                chunk_a = chunk_a * root if chunk_a is not None else None
+                chunk_b = chunk_b * root if chunk_b is not None else None
             if chunk_a is not None and chunk_b is not None:
                 dot += torch.dot(chunk_a, chunk_b).to(device, torch.float64)
                 diff = chunk_a - chunk_b

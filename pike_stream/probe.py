@@ -59,6 +59,7 @@ from pike_stream.gradient_sums import (
     trainable_parameters,
     unwrap_ddp,
 )
+from pike_stream.metric import ParamScale
 
 __all__ = ["ProbeResult", "probe_domains", "causal_lm_per_sample_loss"]
 
@@ -72,6 +73,7 @@ def probe_domains(
     sketch_dim: int = 256,
     seed: int = 0,
     params: Sequence[torch.nn.Parameter] | None = None,
+    metric: Sequence[ParamScale | None] | None = None,
 ) -> ProbeResult:
     """Estimate ``‖∇L_k‖²``, ``σ_k²``, the loss and cross-domain gradient inner products of every domain from
     one batch.
@@ -92,6 +94,8 @@ def probe_domains(
         seed: seed of the sketch's hash; must be the same on every rank.
         params: the parameters to differentiate (default: all of the model's); those without
             ``requires_grad`` are left out. Every rank must pass them in the same order.
+        metric: one entry per (trainable) parameter: measure every statistic in Adam's inner product
+            (:func:`~pike_stream.metric.adam_metric`); None: the Euclidean one.
 
     Returns:
         The statistics, identical on every rank.
@@ -102,13 +106,15 @@ def probe_domains(
         raise ValueError(f"sketch_dim must be non-negative, got {sketch_dim}")
     module = unwrap_ddp(model)
     trainable = trainable_parameters(module, params)
+    if metric is not None and len(metric) != len(trainable):
+        raise ValueError(f"metric has {len(metric)} entries for {len(trainable)} trainable parameters")
     domains = domain_column(batch, num_domains)
     device = trainable[0].device
     chunk = chunk_elements(trainable)
 
     with _model_state_restored(module, trainable):
         sums, sketches = _local_statistics(
-            module, batch, domains, num_domains, per_sample_loss, trainable, sketch_dim, seed, chunk, device
+            module, batch, domains, num_domains, per_sample_loss, trainable, sketch_dim, seed, chunk, device, metric
         )
     sums, sketches = all_reduce_sums(sums, sketches)
     return combine_sums(sums, sketches)
@@ -180,6 +186,7 @@ def _local_statistics(
     seed: int,
     chunk: int,
     device: torch.device,
+    metric: Sequence[ParamScale | None] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's sums ``[K, 6]`` (G·has, S·has, has, loss·n, n, n·has; float64) and sketches ``[K, sketch_dim]``."""
     sums = torch.zeros(num_domains, NUM_SUMS, dtype=torch.float64, device=device)
@@ -199,7 +206,7 @@ def _local_statistics(
         with torch.enable_grad():
             loss_a, g_a = _half_gradient(module, batch, rows[:n_a], batch_size, per_sample_loss, params)
             loss_b, g_b = _half_gradient(module, batch, rows[n_a:], batch_size, per_sample_loss, params)
-        dot, diff_sq = reduce_pair(g_a, g_b, n_a, n - n_a, sketches[k], seed, chunk)
+        dot, diff_sq = reduce_pair(g_a, g_b, n_a, n - n_a, sketches[k], seed, chunk, metric)
         del g_a, g_b
         sums[k, 0] = dot
         sums[k, 1] = diff_sq / (1.0 / n_a + 1.0 / (n - n_a))

@@ -50,6 +50,7 @@ from pike_stream.gradient_sums import (
     trainable_parameters,
     unwrap_ddp,
 )
+from pike_stream.metric import ParamScale
 
 __all__ = ["DomainGroupedBatch", "Microbatch", "StepStatistics", "plan_microbatches", "split_batch"]
 
@@ -134,16 +135,20 @@ class StepStatistics:
         sketch_dim: buckets of the count sketch (0: no cross-domain inner products).
         seed: the sketch's hash seed, the same on every rank.
         grad_scale: the loss scale of mixed-precision training (gradients are divided by it), 1 otherwise.
+        metric: one entry per trainable parameter of ``model``: Adam's inner product
+            (:func:`~pike_stream.metric.adam_metric`); None: the Euclidean one.
     """
 
     def __init__(self, model: torch.nn.Module, plan: Sequence[Microbatch], num_domains: int, batch_size: int, *,
-                 sketch_dim: int, seed: int, grad_scale: float = 1.0) -> None:
+                 sketch_dim: int, seed: int, grad_scale: float = 1.0,
+                 metric: Sequence[ParamScale | None] | None = None) -> None:
         self.model = model
         self.plan = list(plan)
         self.batch_size = batch_size
         self.sketch_dim = sketch_dim
         self.seed = seed
         self.grad_scale = float(grad_scale)
+        self.metric = metric
         self.params = trainable_parameters(unwrap_ddp(model), None)
         self.chunk = chunk_elements(self.params)
         device = self.params[0].device
@@ -243,7 +248,7 @@ class StepStatistics:
         n_a = n // 2
         assert self._half_a is not None, "half B ends before half A"
         dot, diff_sq = reduce_pair(self._half_a, gradient, n_a, n - n_a, self.sketches[mb.domain], self.seed,
-                                   self.chunk)
+                                   self.chunk, self.metric)
         self._half_a = None
         for g, p in zip(gradient, self.params):  # the next half starts here: reuse the buffer
             g.zero_() if p.grad is None else g.copy_(p.grad.detach())

@@ -209,6 +209,7 @@ def pike_run(data_root: str) -> Run:
     (dict(initial_weights={"web": -1.0}), "initial_weights"),
     (dict(initial_weights={"web": 0.0}), "initial_weights"),
     (dict(per_sample_loss="mean"), "per_sample_loss"),
+    (dict(metric="sgd"), "'metric'"),
 ])
 def test_constructor_rejects_bad_options_naming_them(options: dict, option: str) -> None:
     with pytest.raises(ValueError, match=re.escape(option)):
@@ -327,6 +328,32 @@ def test_fit_called_twice_continues_like_one_fit(data_root: str, uninterrupted: 
     run.trainer.fit(duration=f"{RESUME_STEPS - 5}ba")
     run.params = [p.detach().clone() for p in run.trainer.state.model.parameters()]
     assert_same_run([run], pike, uninterrupted)
+
+
+@pytest.mark.parametrize("probe_samples", [8, 0])
+def test_adam_metric_skips_the_update_before_the_first_step_and_resumes_exactly(data_root: str, tmp_path, caplog,
+                                                                                probe_samples: int) -> None:
+    """metric: adam reads Adam's second moments: at step 0 there are none, so that update is skipped (the
+    weights stay); later updates move them; a resume reproduces the run (the moments are in the checkpoint)."""
+    options = dict(RESUME_OPTIONS, warmup_steps=0, metric="adam", probe_samples=probe_samples)
+    with caplog.at_level(logging.INFO, logger="pike_stream.algorithm"):
+        full = train(data_root, "8ba", algorithms=[PiKE(**options)])
+    assert any("no second moments before its first step; the update at step 0 is skipped" in r.getMessage()
+               for r in caplog.records)
+    weights = np.array(full.recorder.weights)
+    np.testing.assert_array_equal(weights[1], weights[0])
+    assert not np.allclose(weights[-1], weights[0])
+    assert [step for step, _ in full.metric("pike/updates")] == [2, 4, 6]
+    assert full.trainer.state.algorithms[0].state_dict()["options"]["metric"] == "adam"
+    folder = str(tmp_path / "checkpoints")
+    head = train(data_root, "3ba", algorithms=[PiKE(**options)], save_folder=folder, save_interval="3ba")
+    tail = train(data_root, "8ba", algorithms=[PiKE(**options)], load_path=os.path.join(folder, "ep0-ba3-rank0.pt"))
+    assert head.recorder.batches + tail.recorder.batches == full.recorder.batches
+    np.testing.assert_array_equal(np.array(head.recorder.weights[:3] + tail.recorder.weights), weights)
+    assert all(torch.equal(a, b) for a, b in zip(tail.params, full.params))
+    with pytest.raises(ValueError, match=r"options differ.*metric 'adam' → 'euclidean'"):
+        train(data_root, "8ba", algorithms=[PiKE(**dict(options, metric="euclidean"))],
+              load_path=os.path.join(folder, "ep0-ba3-rank0.pt"))
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

@@ -241,6 +241,14 @@ def test_a_state_saved_with_other_options_is_refused_unless_changes_are_allowed(
     assert "changed options" in caplog.text and "zeta1 0.2 → 0.1" in caplog.text
 
 
+def test_a_state_saved_before_the_metric_option_resumes_as_euclidean() -> None:
+    saved = MixingController(get_strategy("pike"), NAMES).state_dict()
+    del saved["options"]["metric"]
+    MixingController(get_strategy("pike"), NAMES).load_state_dict(saved)
+    with pytest.raises(ValueError, match="metric 'euclidean' → 'adam'"):
+        MixingController(get_strategy("pike"), NAMES, metric="adam").load_state_dict(saved)
+
+
 @pytest.mark.parametrize("field", ["strategy", "updates", "skipped_updates", "domains"])
 def test_a_malformed_state_names_the_missing_field(field: str) -> None:
     state = MixingController(get_strategy("pike"), NAMES).state_dict()
@@ -260,7 +268,7 @@ def test_a_version_1_state_resumes_with_fresh_conflict_averages() -> None:
 
 @pytest.mark.parametrize("option, value", [("update_interval", 0), ("warmup_steps", -1), ("ema", 1.0),
                                            ("probe_samples", 1), ("probe_samples", -2), ("pull", 1.5),
-                                           ("pull", -0.1)])
+                                           ("pull", -0.1), ("metric", "sgd"), ("metric", None)])
 def test_bad_schedule_options_name_the_option(option: str, value) -> None:
     with pytest.raises(ValueError, match=option):
         MixingController(get_strategy("pike"), NAMES, **{option: value})

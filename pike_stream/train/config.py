@@ -34,6 +34,7 @@ import yaml
 from pike_stream.controller import (
     DEFAULT_CONFLICT_THRESHOLD,
     DEFAULT_EMA,
+    DEFAULT_METRIC,
     DEFAULT_PROBE_SAMPLES,
     DEFAULT_PULL,
     DEFAULT_UPDATE_INTERVAL,
@@ -202,6 +203,7 @@ class PiKEConfig:
     probe_samples: int = DEFAULT_PROBE_SAMPLES
     ema: float = DEFAULT_EMA
     pull: float = DEFAULT_PULL
+    metric: str = DEFAULT_METRIC
     allow_changes: bool = False
     sketch_dim: int = 256
     conflict_threshold: float | None = DEFAULT_CONFLICT_THRESHOLD
@@ -465,7 +467,7 @@ def pike_options(pike: PiKEConfig) -> dict[str, Any]:
     """The keyword arguments of :class:`pike_stream.algorithm.PiKE` for a PiKE section (all but
     ``initial_weights``, which come from the train loader's ``weights``)."""
     return {"strategy": pike.strategy, "update_interval": pike.update_interval, "warmup_steps": pike.warmup_steps,
-            "probe_samples": pike.probe_samples, "ema": pike.ema, "pull": pike.pull,
+            "probe_samples": pike.probe_samples, "ema": pike.ema, "pull": pike.pull, "metric": pike.metric,
             "allow_changes": pike.allow_changes, "sketch_dim": pike.sketch_dim,
             "conflict_threshold": pike.conflict_threshold, **pike.strategy_options}
 
