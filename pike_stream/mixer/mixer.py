@@ -66,7 +66,7 @@ from pike_stream.strategies.apportion import apportion
 from pike_stream.strategies.checks import check_domain_weights
 
 __all__ = ["PROBE_SEED_SALT", "PiKEStreamingMixer", "parse_byte_size", "plan_batch", "plan_partitioned_batch",
-           "rank_positions"]
+           "rank_positions", "ranks_per_node"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class PiKEStreamingMixer(IterableDataset):
         rank, world_size = _resolve_rank(rank, world_size)
         _check_arguments(domains, global_batch_size, rank, world_size, read_ahead, read_ahead_workers)
         if local_world_size is None:
-            local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+            local_world_size = ranks_per_node(world_size)
         self.node, self.nodes, self.local_rank = node_of_rank(rank, world_size, local_world_size)
         self.partitions = _check_partitions(partitions, self.nodes, world_size, local_world_size, allow_data_growth)
         if shuffle_algo not in SHUFFLE_ALGOS:
@@ -576,6 +576,11 @@ def plan_batch(orders: Sequence[DomainOrder], consumed: np.ndarray, weights: np.
     counts, carry = apportion(weights, batch_size, carry)
     ids = [order.take(int(consumed[k]), int(counts[k])) for k, order in enumerate(orders)]
     return np.repeat(np.arange(len(counts)), counts), np.concatenate(ids), counts, carry
+
+
+def ranks_per_node(world_size: int) -> int:
+    """Ranks on this node: ``LOCAL_WORLD_SIZE`` as torchrun and Composer's launcher set it, else all of them."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from composer.optim import (
 from composer.utils import dist, get_device, reproducibility
 
 from pike_stream.mixer import Domain, PiKEStreamingMixer
+from pike_stream.mixer.mixer import ranks_per_node
 from pike_stream.mixer.partitions import node_count_error
 from pike_stream.step_statistics import split_batch
 from pike_stream.storage import S3Settings, s3_client
@@ -83,7 +84,7 @@ def _check_batch_sizes(cfg: TrainConfig, world_size: int) -> int:
                               f"{size // world_size} (a global batch of {size} over {world_size} ranks"
                               f"{'' if ramp is None else ', on the batch-size ramp'})")
     partitions = cfg.train_loader.partitions
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+    local = ranks_per_node(world_size)
     if partitions is not None and world_size % local == 0:
         message = node_count_error(partitions, world_size // local, world_size, local)
         if message:
