@@ -7,7 +7,8 @@ worker count, with two tokenizers:
 - ``bytes``, the built-in byte-level tokenizer (almost free: the single shard writer sets the pace);
 - ``bpe-8k``, a byte-level BPE tokenizer with 8192 ids trained on the input with HuggingFace
   ``tokenizers`` and loaded as a local tokenizer folder (tokenizing sets the pace; this is the case
-  worker processes are for).
+  worker processes are for). Beside it, in the same run, the ``tokenizers`` library alone encodes the same
+  texts from memory (``library_alone``): the most one worker could reach.
 
 It checks that every run of a case produced the same fingerprint and writes MB/s (input MB over
 wall-clock seconds, best of the repeats, worker start-up included) and the workers-2 / workers-1 ratio
@@ -108,6 +109,25 @@ def _measure(source: Path, out: Path, *, tokenizer: str, workers: int, seq_len: 
         manifest
 
 
+def _library_alone(source: Path, tokenizer: str, repeats: int, input_bytes: int) -> dict[str, Any]:
+    """The tokenizers library by itself on the same documents, already in memory: ``encode_batch_fast`` of every
+    text (what the converter's workers call), best of ``repeats``. It bounds what one converter worker can do."""
+    from transformers import AutoTokenizer
+
+    texts = [json.loads(line)["text"] for file in sorted(source.glob("*.jsonl"))
+             for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    backend = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True).backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encode(texts, add_special_tokens=False)
+        seconds.append(time.perf_counter() - start)
+    best = min(seconds)
+    return {"seconds": [round(s, 3) for s in seconds], "best_s": round(best, 3),
+            "mb_per_s": round(input_bytes / 2**20 / best, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default=str(REPO / "runs" / "bench_convert"), help="scratch folder")
@@ -148,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                 "shards": len(manifest["shards"]), "fingerprint": manifest["fingerprint"], "results": results}
         case["ratio"] = {f"workers{r['workers']}_over_workers{results[0]['workers']}":
                          round(r["mb_per_s"] / results[0]["mb_per_s"], 3) for r in results[1:]}
+        if tokenizer != "bytes":
+            case["library_alone"] = _library_alone(source, tokenizer, args.repeats, input_bytes)
+            case["ratio"]["workers1_over_library_alone"] = round(
+                next(r["mb_per_s"] for r in results if r["workers"] == 1) / case["library_alone"]["mb_per_s"], 3)
+            print(f"{name}: the tokenizers library alone {case['library_alone']['mb_per_s']} MB/s", file=sys.stderr)
         cases.append(case)
 
     report = {

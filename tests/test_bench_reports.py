@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
+import bench_metric as bm  # noqa: E402
 import bench_noise as bn  # noqa: E402
 import bench_spread as bs  # noqa: E402
 import curves  # noqa: E402
@@ -131,3 +132,25 @@ def test_the_unequal_corpus_at_lr_6e3_is_regenerated_exactly_and_ran_the_shipped
     assert result["settings"]["lr"] == 6e-3 and list(result["corpora"]) == ["unequal"]
     assert result["defaults"] == runs.shipped_defaults()
     assert {run["spec"]["lr"] for run in result["corpora"]["unequal"]} == {6e-3}
+
+
+def test_the_metric_study_is_regenerated_exactly_and_its_arms_are_paired_twins(tmp_path: Path) -> None:
+    """Every metric: adam run is a committed Euclidean run's spec with only the metric (and name) changed; the
+    Euclidean and uniform runs are the committed ones; the rule decided on the tuning seed's numbers."""
+    result = json.loads((RESULTS / "metric.json").read_text())
+    bm.write_report(result, tmp_path)
+    assert (tmp_path / "metric.md").read_text() == (RESULTS / "metric.md").read_text()
+    for name, runs_of in result["heldout"].items():
+        committed = {run["spec"]["name"]: run for run in bm.committed_runs(name)}
+        for run in runs_of:
+            spec = run["spec"]
+            if spec["pike"].get("metric") == "adam":
+                twin = committed[spec["name"].removeprefix("adam-")]["spec"]
+                assert spec == bm.with_adam(twin, spec["name"])
+            else:
+                assert run == committed[spec["name"]]
+    tuning = bm.analyse(result)["tuning"]
+    assert bm.analyse(result)["adopt_adam"] == all(t["pike_adam"] < t["pike"] for t in tuning.values())
+    assert not bm.analyse(result)["adopt_adam"]
+    from pike_stream.controller import DEFAULT_METRIC
+    assert DEFAULT_METRIC == "euclidean", "the rule kept the Euclidean metric"
