@@ -65,7 +65,7 @@ test-foundry: install-foundry
 	$(FBIN)/python -m pytest -q tests/test_foundry.py tests/test_wandb.py
 
 # The benchmarks (by hand, about 3 hours on 2 cores): each writes JSON to bench/results/; the PiKE reports
-# (bench/results/headroom.md, noise.md, corpora.md) are generated from their JSON.
+# (bench/results/headroom.md, noise.md, corpora.md, metric.md, …) are generated from their JSON.
 bench: install
 	$(BIN)/python bench/bench_convert.py
 	$(BIN)/python bench/bench_mixer.py
@@ -83,6 +83,12 @@ bench: install
 	$(BIN)/python bench/corpora.py unequal $(DATA)/unequal
 	$(BIN)/python bench/bench_corpora.py --multilingual $(DATA)/multilingual/mds --unequal $(DATA)/unequal/mds \
 		--work $(DATA)/corpora-runs --jobs 2
+	$(BIN)/python bench/bench_corpora.py --unequal $(DATA)/unequal/mds --lr 6e-3 --seeds 40,41,42 \
+		--name unequal_lr0.006 --work $(DATA)/unequal-lr-runs --jobs 2
+	$(BIN)/python bench/bench_variant.py metric --headroom $(DATA)/headroom/mds --unequal $(DATA)/unequal/mds \
+		--work $(DATA)/variant-runs --jobs 2
+	$(BIN)/python bench/bench_variant.py cross_terms --headroom $(DATA)/headroom/mds --unequal $(DATA)/unequal/mds \
+		--work $(DATA)/variant-runs --jobs 2
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m 'not slow'

@@ -184,6 +184,8 @@ class PiKE(Algorithm):
         check_schedule(update_interval, warmup_steps, ema, probe_samples, pull, metric)
         if isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 0:
             raise ValueError(f"PiKE option 'sketch_dim' must be an integer ≥ 0, got {sketch_dim!r}")
+        if getattr(self.strategy, "cross_terms", False) and sketch_dim == 0:
+            raise ValueError("PiKE option 'cross_terms' needs the gradient sketch: set sketch_dim > 0")
         if conflict_threshold is not None and (
                 isinstance(conflict_threshold, bool) or not isinstance(conflict_threshold, (int, float))
                 or not -1.0 <= conflict_threshold <= 1.0):

@@ -127,6 +127,8 @@ STATE_VERSION = 3
 _READABLE_VERSIONS = (1, 2, 3)
 
 _STATISTICS = ("grad_sq", "variance", "loss")
+_ADDED_OPTIONS = {"metric": "euclidean", "cross_terms": False}
+"""Options added after version 3 of the state, with the value a state saved before them ran with."""
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,10 @@ class MixingController:
             self._inner = self._average(self._inner, inner, CONFLICT_SMOOTHING)
             self._pair_updates += np.isfinite(inner)
         # The strategy sees the averages of the domains estimated now, and NaN (keep your share) for the rest.
-        stats = DomainStats(*np.where(np.isnan(fresh), np.nan, self._estimates))
+        # Cross terms (strategy option cross_terms) are the conflict measure's averages (over about 10 updates:
+        # sketched estimates are noisier than G).
+        stats = DomainStats(*np.where(np.isnan(fresh), np.nan, self._estimates),
+                            inner=self._inner if probe.inner is not None else None)
         new = self.strategy.weights(step + 1, current, stats, batch_size)
         if self.pull > 0:
             present = ~(np.isnan(stats.grad_sq) | np.isnan(stats.variance))
@@ -390,8 +395,9 @@ class MixingController:
         saved = obj.get("options")
         if saved is None:  # a state before version 3 records only the strategy's name
             saved, current = {"strategy": obj.get("strategy")}, {"strategy": self.strategy.name}
-        else:  # states saved before the metric option measured in the Euclidean one
-            saved, current = {"metric": "euclidean", **saved}, self.options
+        else:  # options added since version 3, as states saved before them ran
+            current = self.options
+            saved = {**{k: v for k, v in _ADDED_OPTIONS.items() if k in current}, **saved}
         changed = [f"{key} {saved.get(key, '(unset)')!r} → {current.get(key, '(unset)')!r}"
                    for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
         if not changed:

@@ -210,6 +210,7 @@ def pike_run(data_root: str) -> Run:
     (dict(initial_weights={"web": 0.0}), "initial_weights"),
     (dict(per_sample_loss="mean"), "per_sample_loss"),
     (dict(metric="sgd"), "'metric'"),
+    (dict(cross_terms=True, sketch_dim=0), "'cross_terms' needs the gradient sketch"),
 ])
 def test_constructor_rejects_bad_options_naming_them(options: dict, option: str) -> None:
     with pytest.raises(ValueError, match=re.escape(option)):
@@ -354,6 +355,18 @@ def test_adam_metric_skips_the_update_before_the_first_step_and_resumes_exactly(
     with pytest.raises(ValueError, match=r"options differ.*metric 'adam' → 'euclidean'"):
         train(data_root, "8ba", algorithms=[PiKE(**dict(options, metric="euclidean"))],
               load_path=os.path.join(folder, "ep0-ba3-rank0.pt"))
+
+
+def test_cross_terms_move_the_weights_otherwise_and_resume_exactly(data_root: str, tmp_path,
+                                                                  uninterrupted: Run) -> None:
+    options = dict(RESUME_OPTIONS, cross_terms=True)
+    full = train(data_root, f"{RESUME_STEPS}ba", algorithms=[PiKE(**options)])
+    assert not np.allclose(full.recorder.weights[-1], uninterrupted.recorder.weights[-1]), "the cross terms count"
+    folder = str(tmp_path / "checkpoints")
+    head = train(data_root, "5ba", algorithms=[PiKE(**options)], save_folder=folder, save_interval="5ba")
+    pike = PiKE(**options)
+    tail = train(data_root, f"{RESUME_STEPS}ba", algorithms=[pike], load_path=os.path.join(folder, "ep0-ba5-rank0.pt"))
+    assert_same_run([head, tail], pike, full)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

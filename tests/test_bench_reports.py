@@ -14,9 +14,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
-import bench_metric as bm  # noqa: E402
 import bench_noise as bn  # noqa: E402
 import bench_spread as bs  # noqa: E402
+import bench_variant as bv  # noqa: E402
 import curves  # noqa: E402
 import runs  # noqa: E402
 
@@ -134,23 +134,27 @@ def test_the_unequal_corpus_at_lr_6e3_is_regenerated_exactly_and_ran_the_shipped
     assert {run["spec"]["lr"] for run in result["corpora"]["unequal"]} == {6e-3}
 
 
-def test_the_metric_study_is_regenerated_exactly_and_its_arms_are_paired_twins(tmp_path: Path) -> None:
-    """Every metric: adam run is a committed Euclidean run's spec with only the metric (and name) changed; the
-    Euclidean and uniform runs are the committed ones; the rule decided on the tuning seed's numbers."""
-    result = json.loads((RESULTS / "metric.json").read_text())
-    bm.write_report(result, tmp_path)
-    assert (tmp_path / "metric.md").read_text() == (RESULTS / "metric.md").read_text()
+@pytest.mark.parametrize("variant", ["metric"])
+def test_a_variant_study_is_regenerated_exactly_and_its_arms_are_paired_twins(tmp_path: Path, variant: str) -> None:
+    """Every variant run is a committed shipped run's spec with only the variant's options (and name) added; the
+    shipped and uniform runs are the committed ones; the rule decided on the tuning seed's numbers, and the
+    library's defaults follow the decision."""
+    result = json.loads((RESULTS / f"{variant}.json").read_text())
+    bv.write_report(result, tmp_path)
+    assert (tmp_path / f"{variant}.md").read_text() == (RESULTS / f"{variant}.md").read_text()
+    tag = bv.VARIANTS[variant]["tag"]
     for name, runs_of in result["heldout"].items():
-        committed = {run["spec"]["name"]: run for run in bm.committed_runs(name)}
+        committed = {run["spec"]["name"]: run for run in bv.committed_runs(name)}
         for run in runs_of:
             spec = run["spec"]
-            if spec["pike"].get("metric") == "adam":
-                twin = committed[spec["name"].removeprefix("adam-")]["spec"]
-                assert spec == bm.with_adam(twin, spec["name"])
+            if spec["name"].startswith(f"{tag}-"):
+                assert spec == bv.with_variant(committed[spec["name"].removeprefix(f"{tag}-")]["spec"], variant)
             else:
                 assert run == committed[spec["name"]]
-    tuning = bm.analyse(result)["tuning"]
-    assert bm.analyse(result)["adopt_adam"] == all(t["pike_adam"] < t["pike"] for t in tuning.values())
-    assert not bm.analyse(result)["adopt_adam"]
+    decision = bv.analyse(result)
+    assert decision["adopt"] == all(t["variant"] < t["pike"] for t in decision["tuning"].values())
     from pike_stream.controller import DEFAULT_METRIC
-    assert DEFAULT_METRIC == "euclidean", "the rule kept the Euclidean metric"
+    from pike_stream.strategies import get_strategy
+    shipped = {"metric": DEFAULT_METRIC, "cross_terms": get_strategy("pike").cross_terms}
+    options = bv.VARIANTS[variant]["options"]
+    assert all((shipped[k] == v) == decision["adopt"] for k, v in options.items())

@@ -241,12 +241,17 @@ def test_a_state_saved_with_other_options_is_refused_unless_changes_are_allowed(
     assert "changed options" in caplog.text and "zeta1 0.2 → 0.1" in caplog.text
 
 
-def test_a_state_saved_before_the_metric_option_resumes_as_euclidean() -> None:
-    saved = MixingController(get_strategy("pike"), NAMES).state_dict()
+@pytest.mark.parametrize("strategy", ["pike", "balanced_pike", "uniform"])
+def test_a_state_saved_before_the_metric_and_cross_terms_options_resumes_as_it_ran(strategy: str) -> None:
+    saved = MixingController(get_strategy(strategy), NAMES).state_dict()
     del saved["options"]["metric"]
-    MixingController(get_strategy("pike"), NAMES).load_state_dict(saved)
+    saved["options"].pop("cross_terms", None)
+    MixingController(get_strategy(strategy), NAMES).load_state_dict(saved)
     with pytest.raises(ValueError, match="metric 'euclidean' → 'adam'"):
-        MixingController(get_strategy("pike"), NAMES, metric="adam").load_state_dict(saved)
+        MixingController(get_strategy(strategy), NAMES, metric="adam").load_state_dict(saved)
+    if strategy != "uniform":
+        with pytest.raises(ValueError, match="cross_terms False → True"):
+            MixingController(get_strategy(strategy, cross_terms=True), NAMES).load_state_dict(saved)
 
 
 @pytest.mark.parametrize("field", ["strategy", "updates", "skipped_updates", "domains"])

@@ -634,3 +634,48 @@ def test_pull_toward_keeps_a_floor_that_both_vectors_respect(raw: list[float], l
     a = apply_floor(np.random.default_rng(seed).uniform(0.01, 1, k), m)
     out = pull_toward(w, a, lam)
     assert out.sum() == pytest.approx(1.0) and np.all(out >= m * (1 - 1e-9))
+
+
+# ------------------------------------------------------------------------------------------ cross terms
+def test_gains_are_the_directional_derivative_of_the_weighted_objective() -> None:
+    """L_k(θ) = ½‖θ − a_k‖²: ∇L_k = θ − a_k. One more sample of domain j moves θ along −∇L_j; the objective
+    Σ_k c_k·L_k then falls at rate ⟨∇L_j, Σ_k c_k ∇L_k⟩, which is gains(G, inner, c)_j."""
+    from pike_stream.strategies.pike import gains
+
+    rng = np.random.default_rng(0)
+    theta, targets = rng.normal(size=5), rng.normal(size=(3, 5))
+    grads = theta - targets
+    inner = grads @ grads.T
+    for c in (np.ones(3), balanced_dual_weights(np.array([0.5, 2.0, 1.0]), 1.0)):
+        def objective(point: np.ndarray, c: np.ndarray = c) -> float:
+            return float(sum(ck * 0.5 * np.sum((point - a) ** 2) for ck, a in zip(c, targets)))
+
+        eps = 1e-6
+        rates = [(objective(theta) - objective(theta - eps * grads[j])) / eps for j in range(3)]
+        np.testing.assert_allclose(gains(np.diag(inner), inner, c), rates, rtol=1e-4)
+        np.testing.assert_allclose(gains(np.diag(inner), None, c), c * np.diag(inner))  # the paper's own term
+
+
+def test_gains_count_a_missing_cross_term_as_zero_and_a_missing_domain_as_missing() -> None:
+    from pike_stream.strategies.pike import gains
+
+    inner = np.array([[9.0, 1.0, np.nan], [1.0, 9.0, 2.0], [np.nan, 2.0, 9.0]])
+    np.testing.assert_allclose(gains(np.array([4.0, 5.0, np.nan]), inner), [5.0, 8.0, np.nan])
+
+
+def test_cross_terms_favour_a_domain_that_lowers_the_others_losses() -> None:
+    """Equal norms and variances; domains 0 and 1 share structure (positive inner product), 2 shares none."""
+    stats = DomainStats(grad_sq=np.ones(3), variance=np.ones(3), loss=np.ones(3),
+                        inner=np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    start = np.full(3, 1 / 3)
+    for name in ("pike", "balanced_pike"):
+        plain = get_strategy(name).weights(1, start, stats, 64)
+        np.testing.assert_allclose(plain, start)
+        crossed = get_strategy(name, cross_terms=True).weights(1, start, stats, 64)
+        assert crossed[0] == pytest.approx(crossed[1]) and crossed[0] > 1 / 3 > crossed[2]
+        with pytest.raises(ValueError, match="'cross_terms' needs the cross-domain inner products"):
+            get_strategy(name, cross_terms=True).weights(1, start, DomainStats(np.ones(3), np.ones(3), np.ones(3)), 64)
+    with pytest.raises(ValueError, match="cross_terms"):
+        get_strategy("pike", cross_terms=1)
+    with pytest.raises(ValueError, match=r"inner must be a \[3, 3\] matrix"):
+        DomainStats(np.ones(3), np.ones(3), np.ones(3), inner=np.ones((2, 2)))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pike_stream.strategies.pike import pike_step
+from pike_stream.strategies.pike import gains, pike_step
 from pike_stream.strategies.simplex import log_normalize
 from pike_stream.strategies.stats import as_statistic
 
@@ -55,19 +55,22 @@ def balanced_pike_step(
     zeta2: float,
     min_weight: float = 0.0,
     normalize: bool = True,
+    inner: np.ndarray | None = None,
 ) -> np.ndarray:
     """One Balanced-PiKE update: :func:`~pike_stream.strategies.pike.pike_step` with ``y_k·G_k`` and ``S_k``.
 
         y = K·softmax(τ·L),   w_k ← w_k · exp(ζ1·y_k·G_k − (ζ2/2b)·S_k),   w ← w/‖w‖₁,   floor
 
     Arguments are those of ``pike_step`` plus ``losses`` (mean loss per domain, NaN = none) and ``tau`` > 0.
+    With ``inner`` the gradient term is the alignment with the gradient of ``Σ_k y_k·L_k``,
+    ``Σ_k y_k·⟨∇L_j, ∇L_k⟩`` (:func:`~pike_stream.strategies.pike.gains`).
     """
     y = balanced_dual_weights(losses, tau)
     g = as_statistic(grad_sq, "grad_sq", y.size)
     s = as_statistic(variance, "variance", y.size, nonnegative=True)
     return pike_step(
         weights,
-        y * g,
+        gains(g, inner, y),
         np.where(np.isnan(y), np.nan, s),
         batch_size,
         zeta1=zeta1,

@@ -18,7 +18,30 @@ from pike_stream.strategies.checks import check_batch_size
 from pike_stream.strategies.simplex import apply_floor, check_weights, log_normalize
 from pike_stream.strategies.stats import as_statistic
 
-__all__ = ["multiplicative_update", "pike_exponents", "pike_step"]
+__all__ = ["gains", "multiplicative_update", "pike_exponents", "pike_step"]
+
+
+def gains(grad_sq: np.ndarray, inner: np.ndarray | None, objective: np.ndarray | None = None) -> np.ndarray:
+    """The first-order gain of one more sample of each domain: ``Σ_k c_k·⟨∇L_j, ∇L_k⟩``.
+
+    The paper keeps only ``k = j`` (``c_j·G_j``): under low gradient conflict the cross terms are bounded
+    below, and it drops them. When domains share structure they are large and positive (a sample of one
+    language lowers the loss of its neighbours too), so with ``inner`` (the cross-domain estimates) the gain
+    of domain j is its alignment with the gradient of the whole objective ``Σ_k c_k·L_k``: ``c_j·G_j`` plus
+    ``Σ_{k≠j} c_k·inner[j, k]``. ``objective`` is c (None: all ones, PiKE's average; Balanced-PiKE's dual
+    weights y). A missing cross term (NaN) counts zero; a domain without ``G`` or ``c`` has no gain (NaN).
+    """
+    g = as_statistic(grad_sq, "grad_sq")
+    c = np.ones(g.size) if objective is None else as_statistic(objective, "objective", g.size)
+    own = c * g
+    if inner is None:
+        return own
+    cross = np.array(inner, dtype=np.float64)
+    if cross.shape != (g.size, g.size):
+        raise ValueError(f"inner has shape {cross.shape}, expected [{g.size}, {g.size}]")
+    np.fill_diagonal(cross, 0.0)
+    weighted = np.where(np.isnan(cross), 0.0, cross) * np.where(np.isnan(c), 0.0, c)[None, :]
+    return own + weighted.sum(axis=1)
 
 
 def pike_exponents(
@@ -94,6 +117,7 @@ def pike_step(
     zeta2: float,
     min_weight: float = 0.0,
     normalize: bool = True,
+    inner: np.ndarray | None = None,
 ) -> np.ndarray:
     """One practical-PiKE update of the mixing weights (Algorithm 1).
 
@@ -109,13 +133,16 @@ def pike_step(
         min_weight: floor ``m`` applied after the step (:func:`~pike_stream.strategies.simplex.apply_floor`);
             requires ``K·m < 1``.
         normalize: rescale G and S by a common scale first (:func:`pike_exponents`).
+        inner: cross-domain inner products; given, ``G_j`` becomes the gain ``Σ_k ⟨∇L_j, ∇L_k⟩``
+            (:func:`gains`), the paper's rule without dropping the cross terms.
 
     Returns:
         The new weights, on the simplex and ≥ ``min_weight``. Domains with a NaN estimate keep their
         weight share (:func:`multiplicative_update`) up to the floor's rescaling.
     """
     w = check_weights(weights)
-    exponents = pike_exponents(grad_sq, variance, batch_size, zeta1=zeta1, zeta2=zeta2, normalize=normalize)
+    exponents = pike_exponents(gains(grad_sq, inner), variance, batch_size, zeta1=zeta1, zeta2=zeta2,
+                               normalize=normalize)
     if exponents.size != w.size:
         raise ValueError(f"grad_sq/variance have {exponents.size} entries, weights have {w.size}")
     return apply_floor(multiplicative_update(w, exponents), min_weight)

@@ -111,6 +111,7 @@ def _check_pike_options(strategy: PiKEStrategy | BalancedPiKEStrategy) -> None:
     _check_number(strategy.name, "zeta2", strategy.zeta2, minimum=0.0, strict=False)
     _check_min_weight(strategy.name, strategy.min_weight)
     _check_bool(strategy.name, "normalize", strategy.normalize)
+    _check_bool(strategy.name, "cross_terms", strategy.cross_terms)
     _check_initial(strategy.name, strategy.initial)
 
 
@@ -230,6 +231,8 @@ class PiKEStrategy:
             at ``m·b < 2`` a domain gets under two samples a batch. The probe batch does that.)
         normalize: divide G and S by a common scale first, so ζ1, ζ2 do not depend on the gradient scale.
         initial: the weights at step 0, ``"uniform"`` or ``"proportional"`` (to sizes), floored.
+        cross_terms: add the cross-domain inner products to each domain's gradient term, so that a domain is
+            credited for lowering the other domains' losses too (:func:`.pike.gains`); the paper drops them.
     """
 
     name: ClassVar[str] = "pike"
@@ -239,6 +242,7 @@ class PiKEStrategy:
     min_weight: float = 0.01
     normalize: bool = True
     initial: str = "uniform"
+    cross_terms: bool = False
 
     def __post_init__(self) -> None:
         _check_pike_options(self)
@@ -254,7 +258,16 @@ class PiKEStrategy:
     def update(self, w: np.ndarray, stats: DomainStats, batch_size: int) -> np.ndarray:
         """One PiKE step from ``w``."""
         return pike_step(w, stats.grad_sq, stats.variance, batch_size, zeta1=self.zeta1, zeta2=self.zeta2,
-                         min_weight=self.min_weight, normalize=self.normalize)
+                         min_weight=self.min_weight, normalize=self.normalize, inner=self._inner(stats))
+
+    def _inner(self, stats: DomainStats) -> np.ndarray | None:
+        """The cross-domain inner products the step uses: those of ``stats`` with ``cross_terms``, else none."""
+        if not self.cross_terms:
+            return None
+        if stats.inner is None:
+            raise ValueError(f"{self.name} option 'cross_terms' needs the cross-domain inner products (the probe's "
+                             f"sketch: sketch_dim > 0)")
+        return stats.inner
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,7 +289,7 @@ class BalancedPiKEStrategy(PiKEStrategy):
         """One Balanced-PiKE step from ``w``."""
         return balanced_pike_step(w, stats.grad_sq, stats.variance, stats.loss, batch_size, tau=self.tau,
                                   zeta1=self.zeta1, zeta2=self.zeta2, min_weight=self.min_weight,
-                                  normalize=self.normalize)
+                                  normalize=self.normalize, inner=self._inner(stats))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,11 +43,14 @@ class DomainStats:
         grad_sq: ``G_k``, an estimate of ‖∇L_k‖² (unbiased, so it may come out slightly negative); NaN = none.
         variance: ``S_k``, an estimate of σ_k², the per-sample gradient variance of domain k (≥ 0); NaN = none.
         loss: the mean loss of domain k's samples (Balanced-PiKE's tilt, logging); NaN = none.
+        inner: ``[K, K]`` estimates of ``⟨∇L_i, ∇L_j⟩`` between domains (symmetric; NaN = none; the diagonal
+            is not used), or None; what ``cross_terms`` adds to ``G`` (:func:`~pike_stream.strategies.pike.gains`).
     """
 
     grad_sq: np.ndarray
     variance: np.ndarray
     loss: np.ndarray
+    inner: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         grad_sq = as_statistic(self.grad_sq, "grad_sq")
@@ -55,6 +58,13 @@ class DomainStats:
         object.__setattr__(self, "grad_sq", grad_sq)
         object.__setattr__(self, "variance", as_statistic(self.variance, "variance", num_domains, nonnegative=True))
         object.__setattr__(self, "loss", as_statistic(self.loss, "loss", num_domains))
+        if self.inner is not None:
+            inner = np.array(self.inner, dtype=np.float64)
+            if inner.shape != (num_domains, num_domains) or np.any(np.isinf(inner)):
+                raise ValueError(f"inner must be a [{num_domains}, {num_domains}] matrix of finite values or NaN, "
+                                 f"got shape {inner.shape}")
+            inner.setflags(write=False)
+            object.__setattr__(self, "inner", inner)
 
     @property
     def num_domains(self) -> int:
