@@ -49,7 +49,7 @@ from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
 from runs import RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults  # noqa: E402
 
-__all__ = ["BENCHMARKS", "VARIANTS", "analyse", "main", "write_report"]
+__all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "main", "write_report"]
 
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "headroom": {"results": "headroom.json", "data": "headroom", "domains": CORPORA["headroom"], "steps": 400,
@@ -172,15 +172,21 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     (out / f"{result['variant']}.md").write_text("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("variant", choices=sorted(VARIANTS))
+def add_corpus_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """The options of a benchmark over the committed runs of :data:`BENCHMARKS`: the two corpora's folders, the
+    run folder, parallel jobs, report-only and the output folder."""
     parser.add_argument("--headroom", help="the headroom corpus's mds/ folder (bench/corpora.py headroom)")
     parser.add_argument("--unequal", help="the unequal corpus's mds/ folder (bench/corpora.py unequal)")
-    parser.add_argument("--work", default="pike-variant-runs")
+    parser.add_argument("--work", default=work)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
     parser.add_argument("--out", default=str(RESULTS))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    add_corpus_arguments(parser, "pike-variant-runs")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if regenerate(args, args.variant, write_report):

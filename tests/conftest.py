@@ -125,6 +125,19 @@ def no_leftover_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         )
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    the models and tensors of these tests are tiny, so more threads gain nothing and fight the other test
+    processes for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     server = EmbeddedS3(tmp_path_factory.mktemp("s3"), read_only_identity=True).start()

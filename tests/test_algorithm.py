@@ -38,13 +38,7 @@ B = 12
 SEQ_LEN = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one intra-op thread is fastest and does not fight other processes for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def textured_tokens(kind: str, n: int, seed: int) -> np.ndarray:

@@ -10,13 +10,7 @@ from pike_stream.gradient_sums import reduce_pair
 from pike_stream.metric import adam_metric
 from pike_stream.probe import probe_domains
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _squared_error(model: torch.nn.Module, batch: dict) -> torch.Tensor:

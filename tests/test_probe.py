@@ -17,15 +17,7 @@ from torch.utils._pytree import tree_flatten
 
 from pike_stream.probe import ProbeResult, causal_lm_per_sample_loss, probe_domains
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run these small tensor workloads on one thread: many short ops gain nothing from more and suffer on
-    a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _squared_error(model: torch.nn.Module, batch: dict) -> torch.Tensor:

@@ -1,0 +1,120 @@
+"""The noise floor of a paired comparison: how far does a change that should not matter move the final loss?
+
+    python bench/bench_null.py --headroom HEADROOM/mds --unequal UNEQUAL/mds --work RUNS [--jobs 2]
+    python bench/bench_null.py --report-only
+
+Every arm of PiKE's benchmarks is paired with uniform on the same seed: same initialisation, same per-domain
+sample orders. But once an arm composes one batch differently, the rest of the run follows another
+trajectory, and a small model's final loss depends on the trajectory (when it leaves a plateau, say) as well
+as on the mixture. This benchmark measures that part alone: uniform mixing with the weights jittered by 1%
+(``1.01, 0.99, 1.01, …`` times uniform, normalised), which changes the batches from the first few steps on but
+cannot change what the model learns on average. Its paired difference to uniform, on the held-out seeds of
+the benchmarks of ``bench/bench_variant.py`` (the committed uniform runs are the other arm), is the smallest
+difference those comparisons can resolve.
+
+Writes ``bench/results/null.json`` and ``null.md``; finished runs are kept in ``WORK/<corpus>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from bench_variant import BENCHMARKS, add_corpus_arguments, committed_runs  # noqa: E402
+from corpora import CORPORA  # noqa: E402
+from curves import final_losses, fmt_spread  # noqa: E402
+from runs import RESULTS, check_data, regenerate, run_one, run_pool  # noqa: E402
+
+__all__ = ["JITTER", "analyse", "jittered", "main", "write_report"]
+
+JITTER = 0.01
+"""Relative change of every domain's uniform weight, alternating in sign."""
+
+
+def jittered(domains: tuple[str, ...]) -> dict[str, float]:
+    """Uniform weights times ``1 ± JITTER`` (alternating), normalised."""
+    raw = np.array([1.0 + JITTER * (-1) ** k for k in range(len(domains))])
+    return {d: float(w) for d, w in zip(domains, raw / raw.sum())}
+
+
+def null_spec(uniform: dict[str, Any], domains: tuple[str, ...]) -> dict[str, Any]:
+    """A committed held-out uniform run's spec, with jittered weights."""
+    return {**uniform, "name": f"jitter-{uniform['name']}", "arm": "uniform_jitter", "weights": jittered(domains)}
+
+
+def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    """Per benchmark: the jittered arm's paired differences to uniform, and their mean absolute value."""
+    out = {}
+    for name, runs in result["runs"].items():
+        by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+        for run in runs:
+            by_arm.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
+        seeds = sorted(by_arm["uniform"])
+        diff = [final_losses(by_arm["uniform_jitter"][s])[0] - final_losses(by_arm["uniform"][s])[0] for s in seeds]
+        worst = [final_losses(by_arm["uniform_jitter"][s])[1] - final_losses(by_arm["uniform"][s])[1] for s in seeds]
+        out[name] = {"seeds": seeds, "diff_avg": diff, "diff_worst": worst,
+                     "mean_abs_diff_avg": float(np.mean(np.abs(diff)))}
+    return out
+
+
+def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
+    a = analyse(result)
+    lines = ["# The noise floor of a paired comparison", "",
+             f"Uniform mixing against uniform with every weight changed by {JITTER:.0%} (alternating sign): the same "
+             "seed, initialisation and sample orders, batches that differ from the first steps on, no change in what "
+             "the model can learn on average. Differences are jittered − uniform, final validation loss.", "",
+             f"Command: `{result['command']}`", "",
+             "| corpus | seeds | avg loss: per seed | mean ± sd | mean of abs | worst domain: mean ± sd |",
+             "|---|---|---|---:|---:|---:|"]
+    for name, row in a.items():
+        lines.append(f"| {name} | {', '.join(map(str, row['seeds']))} | "
+                     f"{', '.join(f'{x:+.4f}' for x in row['diff_avg'])} | {fmt_spread(row['diff_avg'])} | "
+                     f"{row['mean_abs_diff_avg']:.4f} | {fmt_spread(row['diff_worst'])} |")
+    lines.append("")
+    (out / "null.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_corpus_arguments(parser, "pike-null-runs")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if regenerate(args, "null", write_report):
+        return 0
+    folders = {"headroom": args.headroom, "unequal": args.unequal}
+    check_data(parser, args.headroom, CORPORA["headroom"], "--headroom", "headroom")
+    check_data(parser, args.unequal, CORPORA["unequal"], "--unequal", "unequal")
+    pool = run_pool(args.jobs)
+    runs: dict[str, list[Any]] = {}
+    for name, bench in BENCHMARKS.items():
+        work = os.path.join(args.work, name)
+        os.makedirs(work, exist_ok=True)
+        uniform = [r for r in committed_runs(name) if r["spec"].get("arm") == "uniform"
+                   and r["spec"]["eval_split"] == "val"]
+        runs[name] = uniform + [pool.submit(run_one, null_spec(r["spec"], bench["domains"]), folders[bench["data"]],
+                                            work, bench["steps"], bench["eval_every"], bench["domains"])
+                                for r in uniform]
+    runs = {name: [r if isinstance(r, dict) else r.result() for r in rs] for name, rs in runs.items()}
+    pool.shutdown()
+    result = {"command": f"python bench/bench_null.py --headroom HEADROOM/mds --unequal UNEQUAL/mds --work RUNS "
+                         f"--jobs {args.jobs}",
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+              "jitter": JITTER, "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "null.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
+    write_report(result, out)
+    print(f"wrote {out / 'null.json'} and null.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
