@@ -134,7 +134,7 @@ def test_the_unequal_corpus_at_lr_6e3_is_regenerated_exactly_and_ran_the_shipped
     assert {run["spec"]["lr"] for run in result["corpora"]["unequal"]} == {6e-3}
 
 
-@pytest.mark.parametrize("variant", ["metric"])
+@pytest.mark.parametrize("variant", ["metric", "cross_terms"])
 def test_a_variant_study_is_regenerated_exactly_and_its_arms_are_paired_twins(tmp_path: Path, variant: str) -> None:
     """Every variant run is a committed shipped run's spec with only the variant's options (and name) added; the
     shipped and uniform runs are the committed ones; the rule decided on the tuning seed's numbers, and the
