@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
 import bench_noise as bn  # noqa: E402
+import bench_null as bnull  # noqa: E402
 import bench_spread as bs  # noqa: E402
 import bench_variant as bv  # noqa: E402
 import curves  # noqa: E402
@@ -158,3 +159,22 @@ def test_a_variant_study_is_regenerated_exactly_and_its_arms_are_paired_twins(tm
     shipped = {"metric": DEFAULT_METRIC, "cross_terms": get_strategy("pike").cross_terms}
     options = bv.VARIANTS[variant]["options"]
     assert all((shipped[k] == v) == decision["adopt"] for k, v in options.items())
+
+
+def test_the_noise_floor_study_is_regenerated_exactly_and_pairs_each_jittered_run_with_a_committed_uniform(
+        tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "null.json").read_text())
+    bnull.write_report(result, tmp_path)
+    assert (tmp_path / "null.md").read_text() == (RESULTS / "null.md").read_text()
+    for name, runs_of in result["runs"].items():
+        committed = {run["spec"]["name"]: run for run in bv.committed_runs(name)}
+        domains = bv.BENCHMARKS[name]["domains"]
+        uniform = [r for r in runs_of if r["spec"]["arm"] == "uniform"]
+        jittered = {r["spec"]["name"]: r for r in runs_of if r["spec"]["arm"] == "uniform_jitter"}
+        assert uniform and len(jittered) == len(uniform)
+        for run in uniform:
+            assert run == committed[run["spec"]["name"]]
+            assert jittered[f"jitter-{run['spec']['name']}"]["spec"] == bnull.null_spec(run["spec"], domains)
+    weights = bnull.jittered(("a", "b", "c", "d"))
+    assert sum(weights.values()) == pytest.approx(1.0) and max(weights.values()) / min(weights.values()) == \
+        pytest.approx(1.01 / 0.99)
