@@ -21,17 +21,18 @@ from composer import Callback, Trainer
 from pike_stream import PiKE
 from pike_stream.probe import causal_lm_per_sample_loss, probe_domains
 from pike_stream.step_statistics import DomainGroupedBatch, StepStatistics, plan_microbatches, split_batch
-from tests.test_algorithm import (  # noqa: F401 - data_root and one_thread are fixtures
+from tests.test_algorithm import (  # noqa: F401 - data_root is a fixture
     NAMES,
     RESUME_STEPS,
     TinyLM,
     assert_same_run,
     data_root,
     make_mixer,
-    one_thread,
     train,
 )
 from tests.test_probe import _batch, _free_port, _mlp, _squared_error
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEP_OPTIONS = dict(update_interval=2, warmup_steps=1, ema=0.5, zeta1=2.0, probe_samples=0)
 
