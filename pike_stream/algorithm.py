@@ -310,23 +310,20 @@ class PiKE(Algorithm):
         metrics: dict[str, float] = {f"pike/weight/{n}": float(w) for n, w in zip(mixer.domain_names, current)}
         metrics["pike/batch_size"] = float(len(state.batch["domain"]) * dist.get_world_size())
         probe = None
-        if controller.probes_at(step) and not self.probe_samples:
+        if controller.probes_at(step):
             scales = self._adam_scales(state, step)
-            if scales is not None or self.metric == "euclidean":
+            measurable = self.metric == "euclidean" or scales is not None  # else: no second moments yet, skip
+            if measurable and not self.probe_samples:
                 self._group_by_domain(state, scales)
                 logger.log_metrics(metrics)
                 return
-            self._update(step, current, None, metrics, logger)
-            return
-        if controller.probes_at(step):
-            start = time.perf_counter()
-            scales = self._adam_scales(state, step)
-            if scales is not None or self.metric == "euclidean":
+            if measurable:
+                start = time.perf_counter()
                 batch = state.device.batch_to_device(mixer.probe_batch(self._probe_size()))
                 with get_precision_context(state.precision, state.precision_config):
                     probe = probe_domains(state.model, batch, len(mixer.domain_names), self.per_sample_loss,
                                           sketch_dim=self.sketch_dim, seed=step, metric=scales)
-            metrics["pike/probe_seconds"] = time.perf_counter() - start
+                metrics["pike/probe_seconds"] = time.perf_counter() - start
         self._update(step, current, probe, metrics, logger)
 
     def _adam_scales(self, state: State, step: int) -> list[ParamScale | None] | None:
