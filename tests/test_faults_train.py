@@ -228,3 +228,53 @@ def test_crashes_in_an_update_and_in_checkpoint_writes_resume_exactly(s3_env: Em
     assert secret and all(secret not in output for output in outputs)
     assert _files_containing(resumed, secret) == [] and _files_containing(reference, secret) == []
     assert json.loads((resumed / "config.json").read_text())["run_folder"] == str(resumed)
+
+
+def _checkpoint(path: Path, drop_last_records: int = 0) -> None:
+    """A torch.save archive of several tensors; with ``drop_last_records`` its last tensor records are left out
+    of an otherwise well-formed archive, as a Ctrl-C inside ``torch.save`` leaves it (the writer closes the
+    archive on the way out)."""
+    import zipfile
+
+    import torch
+
+    torch.save({"state": {f"t{i}": torch.full((64,), float(i)) for i in range(8)}}, path)
+    if not drop_last_records:
+        return
+    with zipfile.ZipFile(path) as whole:
+        entries = [(info, whole.read(info)) for info in whole.infolist()]
+    data = sorted((i for i, (info, _) in enumerate(entries) if "/data/" in info.filename),
+                  key=lambda i: int(entries[i][0].filename.rsplit("/", 1)[1]))
+    dropped = set(data[-drop_last_records:])
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as torn:
+        for i, (info, content) in enumerate(entries):
+            if i not in dropped:
+                torn.writestr(info, content)
+
+
+def test_a_well_formed_but_torn_checkpoint_that_latest_points_to_is_set_aside(tmp_path: Path) -> None:
+    """Seen when Ctrl-C hit ``torch.save``: ``latest`` named a valid zip that lacked its last tensors, and the
+    rerun failed with ``PytorchStreamReader failed locating file data/53``."""
+    import os
+    import zipfile
+
+    from pike_stream.train.builder import _recover_interrupted_checkpoints
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    _checkpoint(folder / "ep0-ba2-rank0.pt")
+    _checkpoint(folder / "ep0-ba4-rank0.pt", drop_last_records=3)
+    assert zipfile.is_zipfile(folder / "ep0-ba4-rank0.pt"), "a zip check alone would take it"
+    os.symlink("ep0-ba4-rank0.pt", folder / "latest-rank0.pt")
+    _recover_interrupted_checkpoints(str(folder))
+    assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba2-rank0.pt"
+    assert [p.name for p in (folder / ".interrupted").iterdir()] == ["ep0-ba4-rank0.pt"]
+    _recover_interrupted_checkpoints(str(folder))  # nothing more to do
+    assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba2-rank0.pt"
+
+    only = tmp_path / "only"
+    only.mkdir()
+    _checkpoint(only / "ep0-ba2-rank0.pt", drop_last_records=1)
+    os.symlink("ep0-ba2-rank0.pt", only / "latest-rank0.pt")
+    _recover_interrupted_checkpoints(str(only))
+    assert not os.path.lexists(only / "latest-rank0.pt"), "no complete checkpoint: training starts afresh"

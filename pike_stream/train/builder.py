@@ -287,10 +287,12 @@ def _recover_interrupted_checkpoints(folder: str) -> None:
     Composer writes ``ep…-ba<n>-rank0.pt`` in place, then removes ``latest-rank0.pt`` and re-creates it. A
     crash in between leaves a half-written checkpoint past ``latest`` (Composer then refuses to start, as
     the file "may conflict with a future checkpoint"), or a whole checkpoint and no ``latest`` (autoresume
-    would start from scratch and hit the same refusal). Checkpoints newer than the one ``latest`` names
-    (all of them if it is missing) are checked for a complete zip archive (what ``torch.save`` writes, its
-    directory last): incomplete ones are moved to ``<folder>/.interrupted/`` (kept, not deleted; Composer
-    ignores hidden folders) and ``latest`` is pointed at the newest complete one.
+    would start from scratch and hit the same refusal). A Ctrl-C inside ``torch.save`` can even leave a
+    well-formed archive without its last tensors (the writer closes the archive on the way out) with
+    ``latest`` pointing at it. So the checkpoint ``latest`` names and every newer one (all of them if it is
+    missing) must load (:func:`_is_complete_checkpoint`): incomplete ones are moved to
+    ``<folder>/.interrupted/`` (kept, not deleted; Composer ignores hidden folders) and ``latest`` is pointed
+    at the newest complete one (removed when none is left: training starts afresh).
     """
     if not os.path.isdir(folder):
         return
@@ -299,24 +301,41 @@ def _recover_interrupted_checkpoints(folder: str) -> None:
     latest = os.path.join(folder, _LATEST_NAME)
     target = os.path.basename(os.path.realpath(latest)) if os.path.lexists(latest) else None
     pointed = next((batch for batch, name in checkpoints if name == target), -1)
-    newest = None
+    complete = [name for batch, name in checkpoints if batch < pointed]  # complete when latest moved past them
     for batch, name in checkpoints:
-        if batch <= pointed:
+        if batch < pointed:
             continue
         path = os.path.join(folder, name)
-        if zipfile.is_zipfile(path):
-            newest = name
+        if _is_complete_checkpoint(path):
+            complete.append(name)
             continue
         os.makedirs(os.path.join(folder, _INTERRUPTED_FOLDER), exist_ok=True)
         os.replace(path, os.path.join(folder, _INTERRUPTED_FOLDER, name))
         log.warning("checkpoint %s is incomplete (a crash while it was written): moved to %s/", path,
                     os.path.join(folder, _INTERRUPTED_FOLDER))
+    newest = complete[-1] if complete else None
+    if newest == target:
+        return
+    if os.path.lexists(latest):
+        os.remove(latest)
     if newest is not None:
-        if os.path.lexists(latest):
-            os.remove(latest)
         os.symlink(newest, latest)
-        log.warning("%s pointed to %s; the newest complete checkpoint is %s (a crash after it was written): "
-                    "resuming from it", latest, target or "nothing", newest)
+    log.warning("%s pointed to %s; the newest complete checkpoint is %s: resuming from it", latest,
+                target or "nothing", newest or "none (training starts afresh)")
+
+
+def _is_complete_checkpoint(path: str) -> bool:
+    """Whether ``torch.load`` finds every record of the checkpoint at ``path``. Memory-mapped, so the tensors'
+    data is not read; a zip check alone is not enough (see :func:`_recover_interrupted_checkpoints`)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - whatever stops a load stops the resume
+        return False
+    return True
 
 
 def _remote_latest_checkpoint(cfg: TrainConfig, rank: int) -> str | None:
