@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import torch
 from composer import Trainer
 from composer.callbacks import LRMonitor
 from composer.core import DataSpec, Evaluator
@@ -329,8 +330,6 @@ def _is_complete_checkpoint(path: str) -> bool:
     data is not read; a zip check alone is not enough (see :func:`_recover_interrupted_checkpoints`)."""
     if not zipfile.is_zipfile(path):
         return False
-    import torch
-
     try:
         torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception:  # noqa: BLE001 - whatever stops a load stops the resume
