@@ -54,3 +54,16 @@ def test_the_latest_pointer_check_interval_is_still_settable(tmp_path) -> None:
     assert check_latest_symlink_often(Holder())
     assert Holder._checkpoint_saver._symlink_upload_wait_before_next_try_in_seconds == SYMLINK_RETRY_SECONDS
     assert not check_latest_symlink_often(object())
+
+
+def test_looking_for_uploaders_prints_no_warning_of_torch_deprecated_objects() -> None:
+    """Every run looks for live uploaders; ``isinstance`` over ``gc.get_objects()`` would touch
+    ``torch.distributed.reduce_op``, whose deprecation FutureWarning then printed at every run."""
+    import warnings
+
+    import torch.distributed  # noqa: F401  (the module that holds the deprecated object)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpoint_uploaders()
+        close_orphaned_checkpoint_uploaders(checkpoint_uploaders())

@@ -58,13 +58,19 @@ def close_checkpoint_uploader(trainer: Any) -> bool:
     return True
 
 
+def _live(cls: type) -> list[Any]:
+    """The objects of ``cls`` (or a subclass) alive now. ``type(obj)``, not ``isinstance``: ``isinstance`` reads
+    ``obj.__class__``, which on torch's deprecated ``torch.distributed.reduce_op`` prints a FutureWarning."""
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), cls)]
+
+
 def checkpoint_uploaders() -> set[int]:
     """The ids of the Composer ``RemoteUploader`` objects alive now (taken before a ``Trainer`` is built)."""
     try:
         from composer.utils.remote_uploader import RemoteUploader
     except ImportError:
         return set()
-    return {id(obj) for obj in gc.get_objects() if isinstance(obj, RemoteUploader)}
+    return {id(obj) for obj in _live(RemoteUploader)}
 
 
 def close_orphaned_checkpoint_uploaders(existing: set[int]) -> int:
@@ -82,8 +88,8 @@ def close_orphaned_checkpoint_uploaders(existing: set[int]) -> int:
     except ImportError:  # a Composer without it: nothing of it can be running
         return 0
     closed = 0
-    for obj in gc.get_objects():
-        if not isinstance(obj, RemoteUploader) or id(obj) in existing:
+    for obj in _live(RemoteUploader):
+        if id(obj) in existing:
             continue
         _shut_down(obj)
         closed += 1
