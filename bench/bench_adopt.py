@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from bench_null import analyse as null_floors  # noqa: E402
 from bench_variant import BENCHMARKS, VARIANTS, add_corpus_arguments, committed_runs, with_variant  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults  # noqa: E402
+from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
 
 __all__ = ["HELDOUT_SEEDS", "LRS", "TUNING_SEEDS", "analyse", "main", "specs", "write_report"]
 
@@ -180,13 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     for phase, name, seed, arm, future in pending:
         result[phase].setdefault(name, {}).setdefault(str(seed), {})[arm] = future.result()
     pool.shutdown()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"adopt_{args.variant}.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
-    write_report(result, out)
+    write_results(out, f"adopt_{args.variant}", result, write_report)
     decision = analyse(result)
     print(f"d per corpus: { {k: round(t['d'], 4) for k, t in decision['tuning'].items()} }; "
           f"adopt {args.variant}: {decision['adopt']}", flush=True)
-    print(f"wrote {out / f'adopt_{args.variant}.json'} and adopt_{args.variant}.md", flush=True)
     return 0
 
 

@@ -21,7 +21,6 @@ Writes ``bench/results/corpora.json`` and ``corpora.md`` (or ``NAME.*``); finish
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,17 @@ import numpy as np  # noqa: E402
 
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, add_common_arguments, check_data, regenerate, run_one, run_pool, shipped_defaults  # noqa: E402
+from runs import (  # noqa: E402
+    LR,
+    RESULTS,
+    add_common_arguments,
+    check_data,
+    regenerate,
+    run_one,
+    run_pool,
+    shipped_defaults,
+    write_results,
+)
 
 __all__ = ["analyse", "main", "write_report"]
 
@@ -151,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"--steps {args.steps} --eval-every {args.eval_every} --seeds {args.seeds} --jobs {args.jobs}"
                          f"{extra}",
               "corpora": runs}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, separators=(",", ":")))
-    write_report(result, out, args.name)
-    print(f"wrote {out / f'{args.name}.json'} and {args.name}.md", flush=True)
+    write_results(out, args.name, result, lambda result, out: write_report(result, out, args.name))
     return 0
 
 

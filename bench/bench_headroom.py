@@ -35,7 +35,6 @@ folder to start over). Writes ``bench/results/headroom.json`` and, from it, ``he
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -66,6 +65,7 @@ from runs import (  # noqa: E402
     check_data,
     regenerate,
     shipped_defaults,
+    write_results,
 )
 
 __all__ = ["analyse", "main", "static_grid", "write_report"]
@@ -335,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "grid": grid, "sweep": sweep, "best_static": best_static, "chosen_pike": chosen,
         "shipped_defaults": shipped, "heldout": heldout,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "headroom.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
-    write_report(result, out)
-    print(f"wrote {out / 'headroom.json'} and headroom.md", flush=True)
+    write_results(out, "headroom", result, write_report)
     return 0
 
 

@@ -38,7 +38,6 @@ Writes ``bench/results/noise.json`` and, from it, ``noise.md`` and ``noise.png``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -58,7 +57,17 @@ from curves import (  # noqa: E402
     plot_curves_and_weights,
     steps_to_reach,
 )
-from runs import BATCH, RESULTS, SEQ_LEN, Runner, add_common_arguments, check_data, regenerate, shipped_defaults  # noqa: E402
+from runs import (  # noqa: E402
+    BATCH,
+    RESULTS,
+    SEQ_LEN,
+    Runner,
+    add_common_arguments,
+    check_data,
+    regenerate,
+    shipped_defaults,
+    write_results,
+)
 
 __all__ = ["NOISE_SHARES", "analyse", "main", "static_grid", "write_report"]
 
@@ -235,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "grid": grid, "best_static": best_static, "shipped_defaults": shipped, "heldout": heldout,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
-    write_report(result, out)
-    print(f"wrote {out / f'{args.name}.json'} and {args.name}.md", flush=True)
+    write_results(out, args.name, result, write_report)
     return 0
 
 

@@ -18,7 +18,6 @@ Writes ``bench/results/null.json`` and ``null.md``; finished runs are kept in ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,7 +31,7 @@ import numpy as np  # noqa: E402
 from bench_variant import BENCHMARKS, add_corpus_arguments, committed_runs  # noqa: E402
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import RESULTS, check_data, regenerate, run_one, run_pool  # noqa: E402
+from runs import RESULTS, check_data, regenerate, run_one, run_pool, write_results  # noqa: E402
 
 __all__ = ["JITTER", "analyse", "jittered", "main", "write_report"]
 
@@ -109,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"--jobs {args.jobs}",
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
               "jitter": JITTER, "runs": runs}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "null.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
-    write_report(result, out)
-    print(f"wrote {out / 'null.json'} and null.md", flush=True)
+    write_results(out, "null", result, write_report)
     return 0
 
 

@@ -24,7 +24,6 @@ study that chooses nothing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 from curves import final_losses  # noqa: E402
-from runs import BATCH, SEQ_LEN, Runner, add_common_arguments, check_data, regenerate  # noqa: E402
+from runs import BATCH, SEQ_LEN, Runner, add_common_arguments, check_data, regenerate, write_results  # noqa: E402
 
 __all__ = ["CONTRAST", "analyse", "main", "write_report"]
 
@@ -125,12 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "runs": runs,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
-    write_report(result, out)
+    write_results(out, args.name, result, write_report)
     chosen = analyse(result)
-    print(f"wrote {out / f'{args.name}.json'} and {args.name}.md; chosen batch {chosen['chosen_batch']}, lr "
-          f"{chosen['chosen_lr']:g}", flush=True)
+    print(f"chosen batch {chosen['chosen_batch']}, lr {chosen['chosen_lr']:g}", flush=True)
     return 0
 
 

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults  # noqa: E402
+from runs import RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
 
 __all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "main", "write_report"]
 
@@ -230,12 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                        for name, bench in BENCHMARKS.items()},
         "tuning": tuning, "heldout": heldout,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.variant}.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
-    write_report(result, out)
+    write_results(out, args.variant, result, write_report)
     decision = analyse(result)
     print(f"tuning seed {TUNE_SEED}: {decision['tuning']}; adopt {args.variant}: {decision['adopt']}", flush=True)
-    print(f"wrote {out / (args.variant + '.json')} and {args.variant}.md", flush=True)
     return 0
 
 

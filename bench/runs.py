@@ -34,7 +34,7 @@ from curves import final_losses  # noqa: E402
 
 __all__ = ["BATCH", "EVAL_BATCHES", "EVAL_BATCH_SIZE", "LR", "RESULTS", "SEQ_LEN", "Runner", "add_common_arguments",
            "build_config", "check_data", "fill_cache", "regenerate", "run_one", "run_pool", "shipped_defaults",
-           "summarize"]
+           "summarize", "write_results"]
 
 RESULTS = Path(ROOT) / "bench" / "results"
 DOMAINS = CORPORA["headroom"]
@@ -200,6 +200,14 @@ def regenerate(args: argparse.Namespace, name: str, write_report: Any) -> bool:
     write_report(json.loads((out / f"{name}.json").read_text()), out)
     print(f"wrote {out / f'{name}.md'}")
     return True
+
+
+def write_results(out: Path, name: str, result: dict[str, Any], write_report: Any) -> None:
+    """Write ``<out>/<name>.json`` (compact) and its report (``write_report(result, out)``), and say so."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, separators=(",", ":")))
+    write_report(result, out)
+    print(f"wrote {out / f'{name}.json'} and {name}.md", flush=True)
 
 
 def check_data(parser: argparse.ArgumentParser, folder: str | None, domains: tuple[str, ...], option: str,

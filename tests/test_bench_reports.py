@@ -178,3 +178,11 @@ def test_the_noise_floor_study_is_regenerated_exactly_and_pairs_each_jittered_ru
     weights = bnull.jittered(("a", "b", "c", "d"))
     assert sum(weights.values()) == pytest.approx(1.0) and max(weights.values()) / min(weights.values()) == \
         pytest.approx(1.01 / 0.99)
+
+
+def test_write_results_writes_the_json_that_regenerates_the_same_report(tmp_path: Path, capsys) -> None:
+    result = json.loads((RESULTS / "null.json").read_text())
+    runs.write_results(tmp_path / "new", "null", result, bnull.write_report)
+    assert json.loads((tmp_path / "new" / "null.json").read_text()) == result
+    assert (tmp_path / "new" / "null.md").read_text() == (RESULTS / "null.md").read_text()
+    assert "null.json and null.md" in capsys.readouterr().out
