@@ -8,8 +8,6 @@ last full sequence are dropped: :attr:`Packer.pending` says how many, and conver
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 __all__ = ["Packer"]
@@ -30,12 +28,12 @@ class Packer:
         """Ids received but not yet part of a full sequence (dropped if the stream ends now)."""
         return len(self._carry)
 
-    def add(self, ids: np.ndarray) -> Iterator[np.ndarray]:
-        """Append ``ids``; yield each full sequence they complete, as 1-D C-contiguous arrays."""
+    def pack(self, ids: np.ndarray) -> np.ndarray:
+        """Append ``ids``; return the full sequences they complete, a C-contiguous ``(n, seq_len)`` block."""
         if ids.dtype != self.dtype:
             ids = ids.astype(self.dtype)
         stream = np.concatenate([self._carry, ids]) if len(self._carry) else ids
         full = len(stream) // self.seq_len * self.seq_len
         block = np.ascontiguousarray(stream[:full]).reshape(-1, self.seq_len)
         self._carry = stream[full:].copy()
-        yield from block
+        return block

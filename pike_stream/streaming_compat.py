@@ -11,6 +11,10 @@ them and that they still do what is relied on. (Composer's are in :mod:`pike_str
 - ``MDSWriter._write_index``, ``.executor``, ``.event`` and ``.exception_callback``: the converter's writer
   uploads ``index.json`` only after every shard upload has finished, and stays quiet about uploads cancelled
   by an interrupted conversion (:class:`converters.conversion.TokenWriter`).
+- ``MDSWriter._reset_cache``, ``.new_samples``, ``.new_shard_size``, ``.extra_bytes_per_shard``,
+  ``.extra_bytes_per_sample``, ``.size_limit``, ``.config_data``, ``.flush_shard``, ``.encode_joint_shard``,
+  ``.cancel_future_jobs`` and ``.remote``: the same writer takes rows a block at a time and builds each shard from
+  the blocks with numpy (byte for byte streaming's shard), so that writing is not a Python call per sample.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ __all__ = [
     "set_stream_downloader",
 ]
 
-MDS_WRITER_INTERNALS = ("_write_index", "executor", "event", "exception_callback")
+MDS_WRITER_INTERNALS = ("_write_index", "executor", "event", "exception_callback", "cancel_future_jobs", "remote",
+                        "_reset_cache", "new_samples", "new_shard_size", "extra_bytes_per_shard",
+                        "extra_bytes_per_sample", "size_limit", "config_data", "flush_shard", "encode_joint_shard")
 
 
 class StreamingCompatError(RuntimeError):

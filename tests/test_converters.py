@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,8 +98,9 @@ _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_c
 def test_packing_keeps_every_token_in_order(docs: list[str], seq_len: int) -> None:
     ids = ByteTokenizer().encode_documents(docs)
     packer = Packer(seq_len, "uint16")
-    rows = [row for chunk in np.array_split(ids, 3) for row in packer.add(chunk)]
-    assert all(len(row) == seq_len and row.flags.c_contiguous for row in rows)
+    blocks = [packer.pack(chunk) for chunk in np.array_split(ids, 3)]
+    assert all(b.shape[1:] == (seq_len,) and b.flags.c_contiguous for b in blocks)
+    rows = [row for block in blocks for row in block]
     packed = np.concatenate(rows) if rows else np.zeros(0, np.uint16)
     assert len(rows) == len(ids) // seq_len and packer.pending == len(ids) % seq_len
     assert np.array_equal(packed, ids[:len(packed)])
@@ -159,6 +161,49 @@ def test_token_writer_stores_what_streaming_would(tmp_path: Path, dtype: str) ->
     with pytest.raises(ValueError, match="expected a"):
         writer.encode_sample({"tokens": row[:4]})
     writer.finish()
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(0, 300), seq_len=st.integers(1, 40), limit_rows=st.integers(1, 50),
+       cuts=st.lists(st.integers(0, 300), max_size=6), compression=st.sampled_from([None, "zstd"]))
+def test_token_writer_blocks_make_the_shards_streaming_makes_row_by_row(rows: int, seq_len: int, limit_rows: int,
+                                                                       cuts: list[int], compression: str | None
+                                                                       ) -> None:
+    """Rows written a block at a time, cut anywhere, give byte for byte the shards and index of streaming's
+    writer fed the same rows one at a time, with shard boundaries where the size limit puts them."""
+    data = np.random.default_rng(rows * 41 + seq_len).integers(0, 65536, (rows, seq_len)).astype(np.uint16)
+    with tempfile.TemporaryDirectory() as tmp:
+        # A limit of limit_rows rows a shard. The shard header holds the options (the limit's digits too).
+        options: dict[str, Any] = {"compression": compression, "hashes": ["sha1", "xxh64"], "size_limit": 1000}
+        for attempt in range(3):
+            probe = MDSWriter(out=os.path.join(tmp, f"probe{attempt}"), **options,
+                              columns={"tokens": f"ndarray:uint16:{seq_len}"})
+            options["size_limit"] = (probe.extra_bytes_per_shard
+                                     + limit_rows * (2 * seq_len + probe.extra_bytes_per_sample))
+            probe.finish()
+        reference = MDSWriter(out=os.path.join(tmp, "ref"), columns={"tokens": f"ndarray:uint16:{seq_len}"},
+                              **options)
+        for row in data:
+            reference.write({"tokens": row})
+        reference.finish()
+        writer = TokenWriter(seq_len=seq_len, dtype="uint16", out=os.path.join(tmp, "new"), **options)
+        for block in np.split(data, sorted(set(c for c in cuts if c <= rows))):
+            writer.write_rows(block)
+        writer.finish()
+        names = sorted(os.listdir(os.path.join(tmp, "ref")))
+        assert names == sorted(os.listdir(os.path.join(tmp, "new")))
+        assert len(names) == 1 + (-(-rows // limit_rows) if rows else 0)
+        for name in names:
+            assert Path(tmp, "new", name).read_bytes() == Path(tmp, "ref", name).read_bytes(), name
+
+
+def test_token_writer_refuses_rows_of_another_shape_or_dtype(tmp_path: Path) -> None:
+    writer = TokenWriter(seq_len=4, dtype="uint16", out=str(tmp_path / "w"))
+    for bad in (np.zeros((2, 5), np.uint16), np.zeros((2, 4), np.int32), np.zeros(4, np.uint16)):
+        with pytest.raises(ValueError, match="expected uint16 rows of shape"):
+            writer.write_rows(bad)
+    writer.finish()
+    assert json.loads((tmp_path / "w" / "index.json").read_text())["shards"] == []
 
 
 def test_troff_to_text_keeps_what_a_reader_reads() -> None:
