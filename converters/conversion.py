@@ -61,12 +61,14 @@ class _Rows:
 
 
 class TokenWriter(MDSWriter):
-    """streaming's ``MDSWriter`` for one fixed-size ``tokens`` column, with four changes.
+    """streaming's ``MDSWriter`` for one fixed-size ``tokens`` column, with five changes.
 
     - Rows are written a block at a time (:meth:`write_rows`) and a shard is built from the blocks with numpy.
       For a column of static dtype and shape MDS stores each row's bytes with no per-sample header, so the
       shard is byte for byte what streaming's per-sample ``write`` makes, without a Python call per sample,
       which made writing, not tokenizing, the bottleneck.
+    - A full shard is hashed, compressed and written on a thread while the next one fills
+      (:meth:`flush_shard`); its failure is raised by the next flush or by ``finish``.
     - ``encode_sample`` is a direct ``tobytes()`` of the row, without re-parsing the encoding string.
     - An upload cancelled by an interrupted conversion is not reported as an error with a traceback.
     - ``index.json`` is uploaded only after every shard upload has finished; streaming's writer submits
@@ -79,6 +81,8 @@ class TokenWriter(MDSWriter):
         require_writer_internals(self)  # the attributes below are streaming's private ones
         self._row = (np.dtype(dtype), (seq_len,))
         self._row_bytes = np.dtype(dtype).itemsize * seq_len
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._finishing: Future | None = None
 
     def _reset_cache(self) -> None:
         self.new_samples = _Rows()  # type: ignore[assignment]
@@ -133,7 +137,41 @@ class TokenWriter(MDSWriter):
         if not future.cancelled():
             super().exception_callback(future)
 
+    def flush_shard(self) -> None:
+        """streaming's ``flush_shard``, with the shard's hashing, compression and file write done on a thread
+        (zstd and hashlib release the GIL) while the next shard fills. One shard at a time is finished there,
+        in order, so memory holds at most the shard filling, the one waiting and the one being finished."""
+        raw_name, zip_name = self._name_next_shard()
+        raw = self.encode_joint_shard()
+        self.wait_for_shards()
+        slot, samples = len(self.shards), len(self.new_samples)
+        self.shards.append(None)  # keeps the next shard's name; filled in when this one is written
+        self._finishing = self._finisher.submit(self._finish_shard, raw, raw_name, zip_name, slot, samples)
+
+    def _finish_shard(self, raw: bytes, raw_name: str, zip_name: str | None, slot: int, samples: int) -> None:
+        raw_info, zip_info = self._process_file(raw, raw_name, zip_name)
+        self.shards[slot] = {"samples": samples, "raw_data": raw_info, "zip_data": zip_info, **self.get_config()}
+        future = self.executor.submit(self.cloud_writer.upload_file, zip_name or raw_name)
+        future.add_done_callback(self.exception_callback)
+
+    def wait_for_shards(self) -> None:
+        """Until the shard being finished on the thread is written (raises what writing it raised)."""
+        if self._finishing is not None:
+            finishing, self._finishing = self._finishing, None
+            finishing.result()
+
+    def abandon(self) -> None:
+        """After a failure: wait for the shard being written (whatever it raises), cancel pending uploads."""
+        try:
+            self.wait_for_shards()
+        except Exception:  # the failure being handled is what the caller reports
+            pass
+        self._finisher.shutdown(wait=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
     def _write_index(self) -> None:
+        self.wait_for_shards()
+        self._finisher.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         if self.event.is_set():
             raise ConversionError(f"uploading shards to {self.remote} failed (see the log above); "
@@ -238,7 +276,7 @@ def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *, doma
         dest.commit(manifest)
     except BaseException:
         if writer is not None:
-            writer.executor.shutdown(wait=True, cancel_futures=True)
+            writer.abandon()
         dest.abort()
         raise
     finally:

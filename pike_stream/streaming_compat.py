@@ -15,6 +15,9 @@ them and that they still do what is relied on. (Composer's are in :mod:`pike_str
   ``.extra_bytes_per_sample``, ``.size_limit``, ``.config_data``, ``.flush_shard``, ``.encode_joint_shard``,
   ``.cancel_future_jobs`` and ``.remote``: the same writer takes rows a block at a time and builds each shard from
   the blocks with numpy (byte for byte streaming's shard), so that writing is not a Python call per sample.
+- ``MDSWriter._name_next_shard``, ``._process_file``, ``.shards``, ``.get_config`` and ``.cloud_writer``: it
+  hashes, compresses and writes each full shard on a thread while the next one fills, as streaming's
+  ``flush_shard`` does in place.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ __all__ = [
 
 MDS_WRITER_INTERNALS = ("_write_index", "executor", "event", "exception_callback", "cancel_future_jobs", "remote",
                         "_reset_cache", "new_samples", "new_shard_size", "extra_bytes_per_shard",
-                        "extra_bytes_per_sample", "size_limit", "config_data", "flush_shard", "encode_joint_shard")
+                        "extra_bytes_per_sample", "size_limit", "config_data", "flush_shard", "encode_joint_shard",
+                        "_name_next_shard", "_process_file", "shards", "get_config", "cloud_writer")
 
 
 class StreamingCompatError(RuntimeError):

@@ -423,6 +423,33 @@ def test_killed_conversion_leaves_nothing_complete_and_rerun_matches(tmp_path: P
     assert not staging.exists()
 
 
+def test_a_shard_that_cannot_be_written_fails_the_conversion_and_leaves_nothing(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards are hashed, compressed and written on a thread: its failure (here a full disk on the third shard)
+    is the conversion's error, the output stays empty, and no writer thread is left behind."""
+    import errno
+    import threading
+
+    src = write_jsonl(tmp_path / "big.jsonl", [{"text": d} for d in make_docs(2000, seed=3, max_words=80)])
+    real = TokenWriter._process_file
+    written: list[str] = []
+
+    def full_disk(self: TokenWriter, raw: bytes, raw_name: str, zip_name: str | None) -> tuple[dict, dict | None]:
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", raw_name)
+        written.append(raw_name)
+        return real(self, raw, raw_name, zip_name)
+
+    monkeypatch.setattr(TokenWriter, "_process_file", full_disk)
+    threads = threading.active_count()
+    with pytest.raises(OSError, match="No space left"):
+        convert(src, tmp_path / "out", domain="k", seq_len=8, fmt="jsonl", **quiet(size_limit=0.002))
+    assert written == ["shard.00000.mds", "shard.00001.mds"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not list(tmp_path.rglob("index.json")) and not list(tmp_path.rglob("*.zstd"))
+    assert threading.active_count() == threads
+
+
 def test_hf_dataset_source(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     docs = make_docs(25, seed=8)
