@@ -91,6 +91,8 @@ bench: install
 		--work $(DATA)/variant-runs --jobs 2
 	$(BIN)/python bench/bench_null.py --headroom $(DATA)/headroom/mds --unequal $(DATA)/unequal/mds \
 		--work $(DATA)/null-runs --jobs 2
+	$(BIN)/python bench/bench_adopt.py cross_terms --headroom $(DATA)/headroom/mds --unequal $(DATA)/unequal/mds \
+		--work $(DATA)/adopt-runs --jobs 2
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m 'not slow'

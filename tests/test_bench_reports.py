@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import bench_adopt as badopt  # noqa: E402
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
 import bench_noise as bn  # noqa: E402
@@ -186,3 +187,41 @@ def test_write_results_writes_the_json_that_regenerates_the_same_report(tmp_path
     assert json.loads((tmp_path / "new" / "null.json").read_text()) == result
     assert (tmp_path / "new" / "null.md").read_text() == (RESULTS / "null.md").read_text()
     assert "null.json and null.md" in capsys.readouterr().out
+
+
+def test_the_adoption_study_is_regenerated_exactly_its_arms_are_paired_and_its_held_out_seeds_were_new(
+        tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "adopt_cross_terms.json").read_text())
+    badopt.write_report(result, tmp_path)
+    assert (tmp_path / "adopt_cross_terms.md").read_text() == (RESULTS / "adopt_cross_terms.md").read_text()
+    for phase, seeds, split in (("tuning", badopt.TUNING_SEEDS, "train"), ("heldout", badopt.HELDOUT_SEEDS, "val")):
+        assert sorted(result[phase]) == sorted(bv.BENCHMARKS)
+        for name, by_seed in result[phase].items():
+            assert sorted(map(int, by_seed)) == list(seeds)
+            for seed, arms in by_seed.items():
+                expected = badopt.specs(name, int(seed), split, "cross_terms")
+                assert set(arms) == ({"pike", "variant"} if phase == "tuning" else set(badopt.ARMS))
+                assert all(arms[arm]["spec"] == expected[arm] for arm in arms)
+    floors = bnull.analyse(json.loads((RESULTS / "null.json").read_text()))
+    assert result["null_floor"] == {name: row["mean_abs_diff_avg"] for name, row in floors.items()}
+    fresh = set(badopt.HELDOUT_SEEDS)
+    for other in RESULTS.glob("*.json"):
+        if other.name != "adopt_cross_terms.json":
+            assert not any(f'"seed":{s},' in other.read_text().replace(" ", "") for s in fresh), other.name
+    from pike_stream.strategies.registry import PiKEStrategy
+    assert PiKEStrategy().cross_terms == badopt.analyse(result)["adopt"]
+
+
+def test_the_adoption_rule_needs_a_lower_mean_and_no_corpus_above_its_null_floor() -> None:
+    def run(loss: float) -> dict:
+        return {"val_loss": {"a": [loss]}}
+
+    def result(diffs: dict[str, list[float]], floor: float = 0.05) -> dict:
+        return {"null_floor": {name: floor for name in diffs}, "heldout": {},
+                "tuning": {name: {str(s): {"pike": run(2.0), "variant": run(2.0 + d)} for s, d in enumerate(ds)}
+                           for name, ds in diffs.items()}}
+
+    assert badopt.analyse(result({"a": [-0.02, 0.0], "b": [0.01, 0.0]}))["adopt"]
+    assert not badopt.analyse(result({"a": [-0.02, 0.0], "b": [0.03, 0.0]}))["adopt"]  # mean of d above zero
+    assert not badopt.analyse(result({"a": [-0.2, -0.2], "b": [0.06, 0.06]}))["adopt"]  # b above its floor
+    assert badopt.analyse(result({"a": [-0.2, -0.2], "b": [0.06, 0.06]}, floor=0.1))["adopt"]
