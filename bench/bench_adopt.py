@@ -44,12 +44,10 @@ from bench_variant import BENCHMARKS, VARIANTS, add_corpus_arguments, committed_
 from curves import final_losses, fmt_spread  # noqa: E402
 from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
 
-__all__ = ["HELDOUT_SEEDS", "LRS", "TUNING_SEEDS", "analyse", "main", "specs", "write_report"]
+__all__ = ["HELDOUT_SEEDS", "TUNING_SEEDS", "analyse", "main", "specs", "write_report"]
 
 TUNING_SEEDS = (0, 1, 2)
 HELDOUT_SEEDS = (50, 51, 52)
-LRS = {"headroom": LR, "noise": 6e-3, "unequal": 6e-3}
-"""Each corpus's AdamW learning rate, as its own benchmark trains it."""
 ARMS = ("uniform", "pike", "variant")
 
 
@@ -57,7 +55,7 @@ def specs(name: str, seed: int, split: str, variant: str) -> dict[str, dict[str,
     """The uniform, shipped-PiKE and variant runs of one corpus, seed and evaluation split."""
     from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
-    lr = {"lr": LRS[name]} if LRS[name] != LR else {}
+    lr = {"lr": BENCHMARKS[name]["lr"]} if BENCHMARKS[name]["lr"] != LR else {}
     pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped_defaults()}
     base = {"seed": seed, "eval_split": split, **lr}
     shipped = {"name": f"adopt-{name}-pike-s{seed}-{split}", "arm": "pike", **base, "pike": pike}

@@ -47,19 +47,20 @@ import numpy as np  # noqa: E402
 
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
+from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
 
 __all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "main", "write_report"]
 
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "headroom": {"results": "headroom.json", "data": "headroom", "domains": CORPORA["headroom"], "steps": 400,
-                 "eval_every": 40, "tuned": True},
+                 "eval_every": 40, "tuned": True, "lr": LR},
     "noise": {"results": "noise.json", "data": "headroom", "domains": ("en", "code", "noise"), "steps": 300,
-              "eval_every": 30, "tuned": True},
+              "eval_every": 30, "tuned": True, "lr": 6e-3},
     "unequal": {"results": "unequal_lr0.006.json", "data": "unequal", "domains": CORPORA["unequal"], "steps": 400,
-                "eval_every": 40, "tuned": False},
+                "eval_every": 40, "tuned": False, "lr": 6e-3},
 }
-"""The benchmarks whose committed runs are the Euclidean and uniform arms, and how their runs were made."""
+"""The benchmarks whose committed runs are the Euclidean and uniform arms, and how their runs were made (``lr``:
+AdamW's peak learning rate)."""
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "metric": {"options": {"metric": "adam"}, "tag": "adam",
