@@ -225,3 +225,23 @@ def test_the_adoption_rule_needs_a_lower_mean_and_no_corpus_above_its_null_floor
     assert not badopt.analyse(result({"a": [-0.02, 0.0], "b": [0.03, 0.0]}))["adopt"]  # mean of d above zero
     assert not badopt.analyse(result({"a": [-0.2, -0.2], "b": [0.06, 0.06]}))["adopt"]  # b above its floor
     assert badopt.analyse(result({"a": [-0.2, -0.2], "b": [0.06, 0.06]}, floor=0.1))["adopt"]
+
+
+def test_the_longer_runs_noise_floor_is_regenerated_exactly_and_trains_both_arms_on_new_seeds(tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "null_x3.json").read_text())
+    bnull.write_report(result, tmp_path)
+    assert (tmp_path / "null_x3.md").read_text() == (RESULTS / "null_x3.md").read_text()
+    scale = result["steps_scale"]
+    assert scale == 3
+    for name, runs_of in result["runs"].items():
+        bench = bv.BENCHMARKS[name]
+        uniform = {r["spec"]["seed"]: r for r in runs_of if r["spec"]["arm"] == "uniform"}
+        jittered = {r["spec"]["seed"]: r for r in runs_of if r["spec"]["arm"] == "uniform_jitter"}
+        assert sorted(uniform) == sorted(jittered) == [60, 61, 62, 63]
+        for seed, run in uniform.items():
+            assert run["spec"] == bnull.uniform_spec(name, seed, scale)
+            assert jittered[seed]["spec"] == bnull.null_spec(run["spec"], bench["domains"])
+            assert run["steps"] == jittered[seed]["steps"] == bench["steps"] * scale
+    for other in RESULTS.glob("*.json"):
+        if other.name != "null_x3.json":
+            assert not any(f'"seed":{s},' in other.read_text().replace(" ", "") for s in (60, 61, 62, 63)), other.name
