@@ -40,9 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 from bench_null import analyse as null_floors  # noqa: E402
-from bench_variant import BENCHMARKS, VARIANTS, add_corpus_arguments, committed_runs, with_variant  # noqa: E402
+from bench_variant import BENCHMARKS, VARIANTS, add_corpus_arguments, committed_runs, corpus_folders, with_variant  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
+from runs import LR, RESULTS, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
 
 __all__ = ["HELDOUT_SEEDS", "TUNING_SEEDS", "analyse", "main", "specs", "write_report"]
 
@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if regenerate(args, f"adopt_{args.variant}", write_report):
         return 0
-    folders = {"headroom": args.headroom, "unequal": args.unequal}
-    check_data(parser, args.headroom, BENCHMARKS["headroom"]["domains"], "--headroom", "headroom")
-    check_data(parser, args.unequal, BENCHMARKS["unequal"]["domains"], "--unequal", "unequal")
+    folders = corpus_folders(parser, args)
     pool = run_pool(args.jobs)
     pending: list[tuple[str, str, int, str, Any]] = []  # (phase, corpus, seed, arm, future)
     for phase, seeds, split in (("tuning", TUNING_SEEDS, "train"), ("heldout", HELDOUT_SEEDS, "val")):

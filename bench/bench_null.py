@@ -32,10 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from bench_variant import BENCHMARKS, add_corpus_arguments, committed_runs  # noqa: E402
-from corpora import CORPORA  # noqa: E402
+from bench_variant import BENCHMARKS, add_corpus_arguments, committed_runs, corpus_folders  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, write_results  # noqa: E402
+from runs import LR, RESULTS, regenerate, run_one, run_pool, write_results  # noqa: E402
 
 __all__ = ["JITTER", "analyse", "jittered", "main", "uniform_spec", "write_report"]
 
@@ -114,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--corpora {','.join(unknown)}: not one of {', '.join(BENCHMARKS)}")
     if args.seeds and args.steps_scale == 1:
         parser.error("--seeds needs --steps-scale above 1 (at scale 1 the committed uniform runs set the seeds)")
-    folders = {"headroom": args.headroom, "unequal": args.unequal}
-    for corpus in {BENCHMARKS[name]["data"] for name in corpora}:
-        check_data(parser, folders[corpus], CORPORA[corpus], f"--{corpus}", corpus)
+    folders = corpus_folders(parser, args, corpora)
     scale = args.steps_scale
     pool = run_pool(args.jobs)
     runs: dict[str, list[Any]] = {}
@@ -125,14 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         work = os.path.join(args.work, name)
         os.makedirs(work, exist_ok=True)
         steps, every = bench["steps"] * scale, bench["eval_every"] * scale
-        if scale == 1:
-            uniform: list[Any] = [r for r in committed_runs(name) if r["spec"].get("arm") == "uniform"
-                                  and r["spec"]["eval_split"] == "val"]
-            specs = [r["spec"] for r in uniform]
-        else:
-            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
-                sorted({r["spec"]["seed"] for r in committed_runs(name) if r["spec"].get("arm") == "uniform"
-                        and r["spec"]["eval_split"] == "val"})
+        uniform: list[Any] = [r for r in committed_runs(name) if r["spec"].get("arm") == "uniform"
+                              and r["spec"]["eval_split"] == "val"]
+        specs = [r["spec"] for r in uniform]
+        if scale != 1:
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else sorted(s["seed"] for s in specs)
             specs = [uniform_spec(name, seed, scale) for seed in seeds]
             uniform = [pool.submit(run_one, spec, folders[bench["data"]], work, steps, every, bench["domains"])
                        for spec in specs]

@@ -49,7 +49,7 @@ from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
 from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
 
-__all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "main", "write_report"]
+__all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "corpus_folders", "main", "write_report"]
 
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "headroom": {"results": "headroom.json", "data": "headroom", "domains": CORPORA["headroom"], "steps": 400,
@@ -184,6 +184,16 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, work: str) -> None:
     parser.add_argument("--out", default=str(RESULTS))
 
 
+def corpus_folders(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   names: list[str] | tuple[str, ...] = tuple(BENCHMARKS)) -> dict[str, str]:
+    """The ``--headroom`` / ``--unequal`` folder of each corpus, by corpus; a usage error unless those the benchmarks
+    ``names`` train on hold every domain."""
+    folders = {"headroom": args.headroom, "unequal": args.unequal}
+    for corpus in sorted({BENCHMARKS[name]["data"] for name in names}):
+        check_data(parser, folders[corpus], CORPORA[corpus], f"--{corpus}", corpus)
+    return folders
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variant", choices=sorted(VARIANTS))
@@ -192,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if regenerate(args, args.variant, write_report):
         return 0
-    folders = {"headroom": args.headroom, "unequal": args.unequal}
-    check_data(parser, args.headroom, CORPORA["headroom"], "--headroom", "headroom")
-    check_data(parser, args.unequal, CORPORA["unequal"], "--unequal", "unequal")
+    folders = corpus_folders(parser, args)
     pool = run_pool(args.jobs)
     pending: list[tuple[str, str, Any]] = []  # (benchmark, tuning arm or "", future)
     committed = {name: committed_runs(name) for name in BENCHMARKS}

@@ -96,7 +96,6 @@ class TokenWriter(MDSWriter):
         return tokens.tobytes()
 
     def write(self, sample: dict[str, Any]) -> None:
-        self.encode_sample(sample)  # the same checks
         self.write_rows(sample["tokens"][None])
 
     def write_rows(self, block: np.ndarray) -> None:
