@@ -51,6 +51,7 @@ from pike_stream.algorithm import PiKE, _refuse_sharded_training, find_mixer
 from pike_stream.mixer import Domain, PiKEStreamingMixer
 from pike_stream.step_statistics import split_batch
 from pike_stream.strategies.checks import check_domain_weights
+from pike_stream.train.checkpoint_check import use_checkpoint_verification
 from pike_stream.train.composer_compat import check_saver_latest_symlink_often
 from pike_stream.train.config import (
     ConfigError,
@@ -130,8 +131,11 @@ def build_pike_dataloader(tokenizer: Any = None, device_batch_size: int | float 
     as a Composer ``DataSpec`` whose dataloader's ``.dataset`` is the mixer (Composer checkpoints its state,
     and :class:`FoundryPiKE` finds it there).
 
-    Called by llm-foundry as ``fn(**train_loader_without_name, tokenizer=…, device_batch_size=…)``.
+    Called by llm-foundry as ``fn(**train_loader_without_name, tokenizer=…, device_batch_size=…)``, before it
+    builds the Trainer: from here on Composer checks every checkpoint it loads against its CRC-32s
+    (:mod:`pike_stream.train.checkpoint_check`), as the native trainer does.
     """
+    use_checkpoint_verification()
     loader = section_from_dict(FoundryLoaderConfig, cfg, LOADER_KEY)
     check_train_loader(loader, LOADER_KEY)
     if loader.num_workers != 0:

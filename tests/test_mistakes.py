@@ -193,12 +193,13 @@ def test_a_mistake_is_one_line(world: SimpleNamespace, case: tuple) -> None:
 
 # ------------------------------------------------------------------------------------------- Ctrl-C
 _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (pike-stream|rank\d+) pike_stream[\w.]*: ")  # our progress log
-_TQDM = re.compile(r"^convert \S+:")  # the converter's progress bar
+_TQDM = re.compile(r"^(convert|Downloading) \S+:")  # the converter's and Composer's checkpoint download's progress bars
 _WARNING = re.compile(r"^\S+\.py:\d+: \w*Warning: ")  # Python warnings (Composer's), and their next lines
 
 
 def _message_lines(err: str) -> list[str]:
-    """stderr without the known noise of a command that was busy when Ctrl-C came (see the module doc)."""
+    """stderr without the known noise of a command that was busy when Ctrl-C came (see the module doc), or
+    that was downloading a checkpoint."""
     lines, in_warning = [], False
     for line in re.split(r"[\r\n]+", err):
         if not line.strip() or _LOG_LINE.match(line) or _TQDM.match(line):
@@ -396,3 +397,56 @@ def test_the_config_knows_streamings_shuffle_algorithms() -> None:
     from pike_stream.train.config import _SHUFFLE_ALGOS
 
     assert sorted(_SHUFFLE_ALGOS) == sorted(algos)
+
+
+# ------------------------------------------------------------------------------------------- damaged checkpoints
+def _flip_a_tensor_byte(data: bytes) -> bytes:
+    """``data`` (a torch.save archive) with one byte of its largest tensor record inverted: still a valid zip,
+    and ``torch.load`` would load it without a word."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    start = record.header_offset + 30 + len(record.filename.encode()) + len(record.extra)
+    damaged = bytearray(data)
+    damaged[start + record.file_size // 2] ^= 0xFF
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_checkpoint_with_flipped_bytes_is_refused_by_name(world: SimpleNamespace, where: str) -> None:
+    """A run trained 4 steps; a byte of its latest checkpoint's weights is flipped on disk or in the bucket.
+    Resuming it must not load wrong weights silently: one line names the checkpoint, nothing is trained."""
+    cwd = world.root / f"corrupt-{where}"
+    run = f"corrupt-{where}"
+    local = cwd / "checkpoints"
+    save = [f"save_folder={local}"] if where == "local" else []
+    first = _cli(world, cwd, TRAIN, str(world.config), f"run_name={run}", *save)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-4000:]
+    client = s3_client(world.server.settings)
+    if where == "local":
+        target = local / os.readlink(local / "latest-rank0.pt")
+        target.write_bytes(_flip_a_tensor_byte(target.read_bytes()))
+        named = str(target)
+    else:
+        prefix = f"checkpoints/{run}/"
+        key = client.get_object(Bucket=world.bucket, Key=prefix + "latest-rank0.pt.symlink")["Body"].read().decode()
+        body = client.get_object(Bucket=world.bucket, Key=key)["Body"].read()
+        client.put_object(Bucket=world.bucket, Key=key, Body=_flip_a_tensor_byte(body))
+        named = f"s3://{world.bucket}/{key}"
+    before = (sorted(p.name for p in local.iterdir()) if where == "local" else
+              sorted(o["Key"] for o in client.list_objects_v2(Bucket=world.bucket, Prefix=f"checkpoints/{run}/")
+                     ["Contents"]))
+    rerun = _cli(world, cwd, TRAIN, str(world.config), f"run_name={run}", "max_duration=8ba", *save)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 2, err[-4000:]
+    lines = _message_lines(err)
+    assert len(lines) == 1 and "Traceback" not in out + err, err[-4000:]
+    assert f"checkpoint {named} is corrupt" in lines[0] and "fails the CRC-32 check" in lines[0], lines[0]
+    assert "nothing was loaded or trained" in lines[0]
+    after = (sorted(p.name for p in local.iterdir()) if where == "local" else
+             sorted(o["Key"] for o in client.list_objects_v2(Bucket=world.bucket, Prefix=f"checkpoints/{run}/")
+                    ["Contents"]))
+    assert after == before, "no checkpoint was written past the damaged one"

@@ -39,6 +39,7 @@ from pike_stream.mixer.partitions import node_count_error
 from pike_stream.step_statistics import split_batch
 from pike_stream.storage import S3Settings, s3_client
 from pike_stream.storage.client import explain_client_error
+from pike_stream.train.checkpoint_check import CorruptCheckpointError, use_checkpoint_verification
 from pike_stream.train.composer_compat import (
     check_latest_symlink_often,
     checkpoint_uploaders,
@@ -337,10 +338,18 @@ def _is_complete_checkpoint(path: str) -> bool:
     return True
 
 
+def _local_latest_checkpoint(cfg: TrainConfig) -> str | None:
+    """With ``autoresume`` and a local save_folder: the checkpoint its ``latest`` pointer names, if any."""
+    if not (cfg.autoresume and cfg.save_folder) or "://" in cfg.save_folder:
+        return None
+    latest = os.path.join(cfg.save_folder.format(run_name=cfg.run_name), _LATEST_NAME)
+    return os.path.realpath(latest) if os.path.lexists(latest) else None
+
+
 def _remote_latest_checkpoint(cfg: TrainConfig, rank: int) -> str | None:
-    """With ``autoresume`` and an ``s3://`` save_folder: the URI of the run's ``latest`` checkpoint pointer in
-    the bucket (Composer follows its ``.symlink``), or None when the bucket holds none yet. Rank 0 asks the
-    bucket and every rank gets its answer.
+    """With ``autoresume`` and an ``s3://`` save_folder: the URI of the checkpoint the run's ``latest`` pointer
+    in the bucket names (its ``.symlink`` object holds the key), or None when the bucket holds none yet. Rank 0
+    asks the bucket and every rank gets its answer.
 
     This replaces Composer's own autoresume for remote folders, which downloads the checkpoint into
     ``./s3:/…`` under rank 0's working directory, a path every node then uses: nodes sharing a file system
@@ -356,8 +365,8 @@ def _remote_latest_checkpoint(cfg: TrainConfig, rank: int) -> str | None:
     if rank == 0:
         settings = S3Settings.from_env()
         try:
-            s3_client(settings).head_object(Bucket=bucket, Key=key + ".symlink")
-            found[0] = f"s3://{bucket}/{key}"
+            pointer = s3_client(settings).get_object(Bucket=bucket, Key=key + ".symlink")["Body"].read()
+            found[0] = f"s3://{bucket}/{pointer.decode().strip().lstrip('/')}"  # Composer's: the checkpoint's key
         except Exception as error:  # noqa: BLE001 - classified below
             if not _is_missing_object(error):
                 raise explain_client_error(error, settings, bucket, "find the latest checkpoint", key) from error
@@ -429,10 +438,11 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
     remote_latest = _remote_latest_checkpoint(cfg, rank)
     load_path = remote_latest or cfg.load_path
     if remote_latest:
-        log.info("autoresume: loading the latest checkpoint of %s", cfg.save_folder)
+        log.info("autoresume: loading %s, the latest checkpoint of %s", remote_latest, cfg.save_folder)
     elif load_path:
         log.info("loading the checkpoint %s", load_path)
 
+    use_checkpoint_verification()
     uploaders = checkpoint_uploaders()
     try:
         trainer = Trainer(
@@ -468,8 +478,11 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
             device_train_microbatch_size=cfg.device_train_microbatch_size or per_rank,
             precision=cfg.precision,
         )
-    except BaseException:
+    except BaseException as error:
         close_orphaned_checkpoint_uploaders(uploaders)  # Composer started them; no trainer is left to close them
+        loaded = load_path or _local_latest_checkpoint(cfg)
+        if isinstance(error, CorruptCheckpointError) and loaded:
+            raise error.naming(loaded) from None  # not the temporary copy Composer loaded
         raise
     check_latest_symlink_often(trainer)
     if rank == 0:  # only once every check passed and the checkpoint (if any) was loaded

@@ -39,8 +39,10 @@ class TrainingInterrupted(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix: printed as one line, without a traceback."""
     from pike_stream.mixer import DomainDataError, MixerStateError, ShardFetchError, ShardIntegrityError
+    from pike_stream.train.checkpoint_check import CorruptCheckpointError
 
-    return ConfigError, DomainDataError, MixerStateError, ShardFetchError, ShardIntegrityError, StorageError
+    return (ConfigError, CorruptCheckpointError, DomainDataError, MixerStateError, ShardFetchError,
+            ShardIntegrityError, StorageError)
 
 
 def _resume_hint(cfg: TrainConfig) -> str:

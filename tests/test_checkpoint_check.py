@@ -1,0 +1,77 @@
+"""The checkpoint check Composer runs before loading (``pike_stream.train.checkpoint_check``), on real
+``torch.save`` archives. The end-to-end refusals (a local and an S3 checkpoint) are in ``test_mistakes.py``."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pike_stream.train.checkpoint_check import (
+    VALIDATION_VARIABLE,
+    VERIFIER,
+    CorruptCheckpointError,
+    use_checkpoint_verification,
+    verify_checkpoint,
+)
+from tests.test_mistakes import _flip_a_tensor_byte
+
+
+def _saved(path: Path) -> bytes:
+    torch.save({"state": {"w": torch.arange(4096, dtype=torch.float32), "b": torch.ones(3)}}, path)
+    return path.read_bytes()
+
+
+def test_torch_load_alone_takes_a_checkpoint_with_a_flipped_byte(tmp_path: Path) -> None:
+    """Why the check exists: the damaged archive loads, with one weight changed."""
+    path = tmp_path / "ck.pt"
+    path.write_bytes(_flip_a_tensor_byte(_saved(path)))
+    loaded = torch.load(path, weights_only=False)["state"]["w"]
+    assert int((loaded != torch.arange(4096, dtype=torch.float32)).sum()) == 1
+
+
+def test_an_intact_checkpoint_passes_and_a_flipped_byte_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "ck.pt"
+    data = _saved(path)
+    assert verify_checkpoint(path) is True
+    path.write_bytes(_flip_a_tensor_byte(data))
+    with pytest.raises(CorruptCheckpointError) as caught:
+        verify_checkpoint(str(path), [(0, 10)])
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        largest = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert caught.value.record == largest.filename
+    assert str(caught.value).startswith(f"checkpoint {path} is corrupt: its record {largest.filename} fails")
+    assert str(caught.value.naming("s3://b/ck.pt")).startswith("checkpoint s3://b/ck.pt is corrupt")
+
+
+def test_a_damaged_record_header_is_corrupt_and_a_file_that_is_not_a_zip_is_left_to_the_loader(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ck.pt"
+    data = bytearray(_saved(path))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        first = archive.infolist()[1]
+    data[first.header_offset:first.header_offset + 4] = b"XXXX"  # its local header's signature
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError):
+        verify_checkpoint(path)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.ones(3), legacy, _use_new_zipfile_serialization=False)
+    assert verify_checkpoint(legacy) is True
+
+
+def test_composer_calls_the_check_and_a_users_own_validation_function_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from composer.utils.checkpoint import safe_torch_load
+
+    path = tmp_path / "ck.pt"
+    path.write_bytes(_flip_a_tensor_byte(_saved(path)))
+    monkeypatch.delenv(VALIDATION_VARIABLE, raising=False)
+    assert use_checkpoint_verification() is True and os.environ[VALIDATION_VARIABLE] == VERIFIER
+    with pytest.raises(CorruptCheckpointError):
+        safe_torch_load(str(path))
+    monkeypatch.setenv(VALIDATION_VARIABLE, "mine.check")
+    assert use_checkpoint_verification() is False and os.environ[VALIDATION_VARIABLE] == "mine.check"
