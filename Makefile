@@ -95,6 +95,7 @@ bench: install
 		--work $(DATA)/null-x3-runs --jobs 2 --steps-scale 3 --corpora noise,headroom --seeds 60,61,62,63 --name null_x3
 	$(BIN)/python bench/bench_adopt.py cross_terms --headroom $(DATA)/headroom/mds --unequal $(DATA)/unequal/mds \
 		--work $(DATA)/adopt-runs --jobs 2
+	$(BIN)/python bench/bench_long.py --headroom $(DATA)/headroom/mds --work $(DATA)/long-runs --jobs 2
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m 'not slow'

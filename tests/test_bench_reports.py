@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_adopt as badopt  # noqa: E402
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
+import bench_long as blong  # noqa: E402
 import bench_noise as bn  # noqa: E402
 import bench_null as bnull  # noqa: E402
 import bench_spread as bs  # noqa: E402
@@ -243,5 +244,46 @@ def test_the_longer_runs_noise_floor_is_regenerated_exactly_and_trains_both_arms
             assert jittered[seed]["spec"] == bnull.null_spec(run["spec"], bench["domains"])
             assert run["steps"] == jittered[seed]["steps"] == bench["steps"] * scale
     for other in RESULTS.glob("*.json"):
-        if other.name != "null_x3.json":
+        if other.name not in ("null_x3.json", "long.json"):  # long.json reuses these runs (checked there)
             assert not any(f'"seed":{s},' in other.read_text().replace(" ", "") for s in (60, 61, 62, 63)), other.name
+
+
+def test_the_long_runs_study_is_regenerated_exactly_reuses_the_null_runs_and_chose_on_the_tuning_seed(
+        tmp_path: Path) -> None:
+    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
+
+    result = json.loads((RESULTS / "long.json").read_text())
+    blong.write_report(result, tmp_path)
+    assert (tmp_path / "long.md").read_text() == (RESULTS / "long.md").read_text()
+    null = json.loads((RESULTS / "null_x3.json").read_text())
+    assert result["shipped_defaults"] == runs.shipped_defaults()
+    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **runs.shipped_defaults()}
+    assert sorted(result["corpora"]) == sorted(blong.CORPORA)
+    for name, corpus in result["corpora"].items():
+        steps = bv.BENCHMARKS[name]["steps"] * blong.SCALE
+        grid = corpus["grid"]
+        assert [r["spec"] for r in grid] == [blong.grid_spec(name, w) for w in blong.static_grid(name)]
+        assert all(r["spec"]["seed"] == blong.TUNE_SEED and r["spec"]["eval_split"] == "train" for r in grid)
+        assert corpus["best_static"] == min(grid, key=lambda r: curves.final_losses(r)[0])["spec"]["weights"]
+        heldout = corpus["heldout"]
+        assert all(r["steps"] == steps for r in grid + heldout)
+        reused = [r for r in heldout if r["spec"]["arm"] in ("uniform", "uniform_jitter")]
+        assert reused == null["runs"][name], "the uniform and null arms are null_x3's runs, not rerun"
+        by_arm: dict[str, list[int]] = {}
+        for run in heldout:
+            by_arm.setdefault(run["spec"]["arm"], []).append(run["spec"]["seed"])
+            assert run["spec"]["eval_split"] == "val"
+            if run["spec"]["arm"] == "pike":
+                assert run["spec"] == blong.heldout_spec(name, "pike", run["spec"]["seed"], pike)
+            if run["spec"]["arm"] == "best_static":
+                assert run["spec"]["weights"] == corpus["best_static"]
+        assert all(sorted(seeds) == list(blong.SEEDS) for seeds in by_arm.values())
+        uniform_best = np.ptp(list(corpus["best_static"].values())) < 1e-9
+        assert ("best_static" in by_arm) != uniform_best
+
+
+def test_the_long_runs_verdict_needs_every_seed_and_a_mean_past_the_null_floor() -> None:
+    assert blong.verdict([-0.02, -0.03, -0.01, -0.02], 0.01) == "better"
+    assert blong.verdict([-0.02, -0.03, -0.01, +0.001], 0.01) == "not resolved"  # one seed the other way
+    assert blong.verdict([-0.005, -0.006, -0.004, -0.005], 0.01) == "not resolved"  # inside the floor
+    assert blong.verdict([0.02, 0.03, 0.01, 0.02], 0.01) == "worse"
