@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,15 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 __all__ = ["run_load"]
+
+
+READ_AHEAD_WORKERS = 2
+READ_AHEAD_PREFIX = "pike-readahead"  # the names of ShardCache's read-ahead threads
+
+
+def _readahead_threads() -> int:
+    """The live threads of the mixers' read-ahead pools."""
+    return sum(t.name.startswith(READ_AHEAD_PREFIX) for t in threading.enumerate())
 
 
 def run_load(root: str, *, domains: int = 64, samples: int = 200, samples_per_shard: int = 25, steps: int = 2000,
@@ -50,10 +60,12 @@ def run_load(root: str, *, domains: int = 64, samples: int = 200, samples_per_sh
         if not os.path.exists(os.path.join(folder, "manifest.json")):
             write_domain(folder, name, samples, code=code, samples_per_shard=samples_per_shard)
     specs = [Domain(n, local=os.path.join(root, n)) for n in names]
-    mixers = [PiKEStreamingMixer(specs, batch, seed=seed, rank=r, world_size=2, read_ahead=2, read_ahead_workers=2)
-              for r in (0, 1)]
+    mixers = [PiKEStreamingMixer(specs, batch, seed=seed, rank=r, world_size=2, read_ahead=2,
+                                 read_ahead_workers=READ_AHEAD_WORKERS) for r in (0, 1)]
     rng = np.random.default_rng(seed)
     process = psutil.Process()
+    at_warmup: set[int | None] = set()
+    started: set[str] = set()
     series: list[dict[str, Any]] = []
     start = time.perf_counter()
     for step in range(steps + 1):
@@ -61,8 +73,13 @@ def run_load(root: str, *, domains: int = 64, samples: int = 200, samples_per_sh
             state = mixers[0].state_dict()
             if state != mixers[1].state_dict():
                 raise AssertionError(f"step {step}: the ranks' mixer states differ")
+            if step == warmup:
+                at_warmup = {t.ident for t in threading.enumerate()}
+            elif step > warmup:
+                started |= {t.name for t in threading.enumerate()
+                            if t.ident not in at_warmup and not t.name.startswith(READ_AHEAD_PREFIX)}
             series.append({"step": step, "rss_mb": process.memory_info().rss / 2**20, "fds": process.num_fds(),
-                           "threads": process.num_threads(),
+                           "threads": process.num_threads(), "readahead_threads": _readahead_threads(),
                            "state_bytes": len(json.dumps(state).encode())})
         if step == steps:
             break
@@ -88,6 +105,12 @@ def run_load(root: str, *, domains: int = 64, samples: int = 200, samples_per_sh
         "rss_range_mb": max(rss) - min(rss),
         "fds_range": [min(r["fds"] for r in after), max(r["fds"] for r in after)],
         "threads_range": [min(r["threads"] for r in after), max(r["threads"] for r in after)],
+        # The read-ahead pools start their threads as work arrives, up to read_ahead_workers each: bounded, not
+        # a leak. Any other Python thread started after warm-up would be one (by name). The process's thread
+        # count (threads_range) also counts threads of whatever else runs in the process (a test runner's).
+        "readahead_threads_max": max(r["readahead_threads"] for r in series),
+        "readahead_threads_limit": 2 * READ_AHEAD_WORKERS,
+        "threads_started_after_warmup": sorted(started),
         "state_bytes_max": max(r["state_bytes"] for r in series),
         "steps_per_s": steps / seconds,
         "samples_consumed": int(sum(mixers[0].consumed.values())),

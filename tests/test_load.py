@@ -27,7 +27,11 @@ def test_64_domains_two_ranks_nothing_grows_after_warmup(tmp_path: Path) -> None
     assert s["samples_consumed"] == 600 * 128
     assert s["rss_growth_mb"] < RSS_GROWTH_MB and s["rss_range_mb"] < RSS_GROWTH_MB, s
     assert s["fds_range"][0] == s["fds_range"][1], f"open file descriptors changed after warm-up: {s['fds_range']}"
-    assert s["threads_range"][0] == s["threads_range"][1], f"threads changed after warm-up: {s['threads_range']}"
+    # The read-ahead pools may start a thread late (they start them as work arrives), within their limit; no
+    # other thread may start after warm-up. (The process's own thread count is not asserted: under
+    # pytest-xdist it also counts threads that earlier tests in this worker left to finish.)
+    assert 0 < s["readahead_threads_max"] <= s["readahead_threads_limit"], s
+    assert s["threads_started_after_warmup"] == [], f"threads started after warm-up: {s}"
     assert s["state_bytes_max"] < STATE_BYTES, s
     sizes = {r["state_bytes"] for r in result["series"] if r["step"] >= 100}
     # Only the widths of the numbers change (counters gain digits, carries print with more or fewer):
