@@ -28,6 +28,7 @@ from pike_stream.cli import main as pike_stream_main
 from pike_stream.foundry import ByteLevelTokenizer, FoundryPiKE, build_pike_dataloader
 from pike_stream.storage import EmbeddedS3, s3_client
 from pike_stream.train.config import ConfigError
+from tests.test_mistakes import _flip_a_tensor_byte
 from tests.test_train import REPO, _assert_same_batches, _env, _last_step, _metrics_by_step
 
 __all__: list[str] = []
@@ -352,6 +353,30 @@ def test_llm_foundry_trains_with_pike_and_resumes_exactly_after_a_kill(s3_env: E
     assert _metrics_by_step(resumed / "run", losses) == _metrics_by_step(reference / "run", losses)
     weights = [m["pike/weight/ru"] for m in pike.values() if "pike/weight/ru" in m]
     assert len(set(weights)) > 1, "PiKE never moved the weights"
+
+    # A byte of the finished run's latest checkpoint flipped in the bucket: llm-foundry's autoresume must refuse
+    # it (the plug-in has Composer check every checkpoint's CRC-32s), not resume from wrong weights.
+    client = s3_client(s3_env.settings)
+    key = client.get_object(Bucket=s3_bucket, Key="reference/latest-rank0.pt.symlink")["Body"].read().decode()
+    body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=s3_bucket, Key=key, Body=_flip_a_tensor_byte(body))
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="reference/")["Contents"])
+    longer = _train_command(*_overrides(s3_bucket, reference / "run", "reference"), f"max_duration={STEPS + 8}ba")
+    rerun = _start(longer, reference, tmp_path / "corrupt.log")
+    try:
+        rerun.wait(timeout=400)
+    finally:
+        if rerun.poll() is None:
+            os.killpg(rerun.pid, signal.SIGKILL)
+            rerun.wait()
+    output = (tmp_path / "corrupt.log").read_text()
+    assert rerun.returncode != 0, output[-6000:]
+    # llm-foundry prints the error in a rich traceback, wrapped and prefixed per rank.
+    flat = " ".join(line.removeprefix("[rank0]: ").strip() for line in output.splitlines())
+    assert re.search(r"CorruptCheckpointError: checkpoint \S+ is corrupt: its record \S+ fails the CRC-32 check",
+                     flat), output[-6000:]
+    after = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="reference/")["Contents"])
+    assert after == before, "nothing was trained or saved past the damaged checkpoint"
 
 
 @pytest.mark.slow
