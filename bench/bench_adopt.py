@@ -40,9 +40,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 from bench_null import analyse as null_floors  # noqa: E402
-from bench_variant import BENCHMARKS, VARIANTS, add_corpus_arguments, committed_runs, corpus_folders, with_variant  # noqa: E402
+from bench_variant import (  # noqa: E402
+    BENCHMARKS,
+    VARIANTS,
+    add_corpus_arguments,
+    committed_runs,
+    corpus_folders,
+    lr_option,
+    with_variant,
+)
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
+from runs import LR, RESULTS, regenerate, run_one, run_pool, shipped_pike, write_results  # noqa: E402
 
 __all__ = ["HELDOUT_SEEDS", "TUNING_SEEDS", "analyse", "main", "specs", "write_report"]
 
@@ -53,11 +61,8 @@ ARMS = ("uniform", "pike", "variant")
 
 def specs(name: str, seed: int, split: str, variant: str) -> dict[str, dict[str, Any]]:
     """The uniform, shipped-PiKE and variant runs of one corpus, seed and evaluation split."""
-    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
-
-    lr = {"lr": BENCHMARKS[name]["lr"]} if BENCHMARKS[name]["lr"] != LR else {}
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped_defaults()}
-    base = {"seed": seed, "eval_split": split, **lr}
+    pike = shipped_pike()
+    base = {"seed": seed, "eval_split": split, **lr_option(name)}
     shipped = {"name": f"adopt-{name}-pike-s{seed}-{split}", "arm": "pike", **base, "pike": pike}
     return {"uniform": {"name": f"adopt-{name}-uniform-s{seed}-{split}", "arm": "uniform", **base,
                         "pike": {"strategy": "uniform"}},

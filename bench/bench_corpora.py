@@ -43,6 +43,7 @@ from runs import (  # noqa: E402
     run_one,
     run_pool,
     shipped_defaults,
+    shipped_pike,
     write_results,
 )
 
@@ -53,9 +54,8 @@ FOLDER_NAMES = {"multilingual": "MULTI", "unequal": "UNEQUAL"}  # as the README'
 
 
 def arms(corpus: str) -> dict[str, dict[str, Any]]:
-    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped_defaults()}
+    pike = shipped_pike()
     out = {"uniform": {"strategy": "uniform"}, "pike": pike,
            "balanced_pike": {**pike, "strategy": "balanced_pike", "tau": BALANCED_TAU}}
     if corpus == "unequal":

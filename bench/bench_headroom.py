@@ -65,6 +65,7 @@ from runs import (  # noqa: E402
     check_data,
     regenerate,
     shipped_defaults,
+    shipped_pike,
     write_results,
 )
 
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     if {k: chosen[k] for k in shipped} != shipped:
         print(f"note: the shipped defaults {shipped} differ from the tuning seed's choice {chosen}", flush=True)
     # The defaults are written into every spec, so a run cached under other defaults is not reused.
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped}
+    pike = shipped_pike()
     arms = {
         "uniform": ({"strategy": "uniform"}, None),
         "best_static": ({"strategy": "uniform"}, best_static),

@@ -32,12 +32,6 @@ __all__ = ["run_load"]
 
 
 READ_AHEAD_WORKERS = 2
-READ_AHEAD_PREFIX = "pike-readahead"  # the names of ShardCache's read-ahead threads
-
-
-def _readahead_threads() -> int:
-    """The live threads of the mixers' read-ahead pools."""
-    return sum(t.name.startswith(READ_AHEAD_PREFIX) for t in threading.enumerate())
 
 
 def run_load(root: str, *, domains: int = 64, samples: int = 200, samples_per_shard: int = 25, steps: int = 2000,
@@ -52,6 +46,7 @@ def run_load(root: str, *, domains: int = 64, samples: int = 200, samples_per_sh
     import psutil
 
     from pike_stream import Domain, PiKEStreamingMixer
+    from pike_stream.mixer.shards import READ_AHEAD_THREAD_PREFIX
     from tests.mds_data import decode_ids, write_domain
 
     names = [f"d{i:02d}" for i in range(domains)]
@@ -73,13 +68,14 @@ def run_load(root: str, *, domains: int = 64, samples: int = 200, samples_per_sh
             state = mixers[0].state_dict()
             if state != mixers[1].state_dict():
                 raise AssertionError(f"step {step}: the ranks' mixer states differ")
+            threads = threading.enumerate()
+            readahead = [t for t in threads if t.name.startswith(READ_AHEAD_THREAD_PREFIX)]
             if step == warmup:
-                at_warmup = {t.ident for t in threading.enumerate()}
+                at_warmup = {t.ident for t in threads}
             elif step > warmup:
-                started |= {t.name for t in threading.enumerate()
-                            if t.ident not in at_warmup and not t.name.startswith(READ_AHEAD_PREFIX)}
+                started |= {t.name for t in threads if t.ident not in at_warmup and t not in readahead}
             series.append({"step": step, "rss_mb": process.memory_info().rss / 2**20, "fds": process.num_fds(),
-                           "threads": process.num_threads(), "readahead_threads": _readahead_threads(),
+                           "threads": process.num_threads(), "readahead_threads": len(readahead),
                            "state_bytes": len(json.dumps(state).encode())})
         if step == steps:
             break

@@ -47,9 +47,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 from bench_noise import NOISE_SHARES  # noqa: E402
-from bench_variant import BENCHMARKS, add_corpus_arguments, corpus_folders  # noqa: E402
+from bench_variant import BENCHMARKS, add_corpus_arguments, corpus_folders, lr_option  # noqa: E402
 from curves import avg_curve, final_losses, fmt_spread, steps_to_reach  # noqa: E402
-from runs import LR, RESULTS, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
+from runs import RESULTS, regenerate, run_one, run_pool, shipped_defaults, shipped_pike, write_results  # noqa: E402
 
 __all__ = ["CORPORA", "analyse", "main", "static_grid", "verdict", "write_report"]
 
@@ -76,22 +76,17 @@ def static_grid(name: str) -> list[dict[str, float]]:
     return grid
 
 
-def _lr(name: str) -> dict[str, float]:
-    lr = BENCHMARKS[name]["lr"]
-    return {"lr": lr} if lr != LR else {}
-
-
 def grid_spec(name: str, weights: dict[str, float]) -> dict[str, Any]:
     domains = BENCHMARKS[name]["domains"]
     return {"name": f"x{SCALE}-grid-s{TUNE_SEED}-" + "-".join(f"{weights[d]:.3f}" for d in domains),
             "seed": TUNE_SEED, "eval_split": "train", "pike": {"strategy": "uniform"}, "weights": weights,
-            **_lr(name)}
+            **lr_option(name)}
 
 
 def heldout_spec(name: str, arm: str, seed: int, pike: dict[str, Any],
                  weights: dict[str, float] | None = None) -> dict[str, Any]:
     return {"name": f"x{SCALE}-{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, "pike": pike,
-            **({"weights": weights} if weights else {}), **_lr(name)}
+            **({"weights": weights} if weights else {}), **lr_option(name)}
 
 
 def verdict(diffs: list[float], floor: float) -> str:
@@ -204,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if regenerate(args, "long", write_report):
         return 0
     folders = corpus_folders(parser, args, CORPORA)
-    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
-
-    shipped = shipped_defaults()
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped}
+    shipped, pike = shipped_defaults(), shipped_pike()
     null = json.loads((RESULTS / "null_x3.json").read_text())
     pool = run_pool(args.jobs)
     steps = {name: BENCHMARKS[name]["steps"] * SCALE for name in CORPORA}

@@ -66,6 +66,7 @@ from runs import (  # noqa: E402
     check_data,
     regenerate,
     shipped_defaults,
+    shipped_pike,
     write_results,
 )
 
@@ -208,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, args.data, DOMAINS)
     cached, seeds, run_all = runner.cached, runner.seeds, runner.run
 
-    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
 
     tune = args.tune_seed
     # runs at the default batch keep the spec (and name) they had before the batch was an option
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     best_static = min(grid, key=lambda r: final_losses(r)[0])["spec"]["weights"]
     print(f"tuning seed {tune}: best static mixture {best_static}", flush=True)
     shipped = shipped_defaults()
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped}
+    pike = shipped_pike()
     arms = {"uniform": ({"strategy": "uniform"}, None), "best_static": ({"strategy": "uniform"}, best_static),
             "pike": (pike, None), "pike_oracle": ({**pike, "probe_samples": ORACLE_PROBE}, None),
             "pike_step_statistics": ({**pike, "probe_samples": 0}, None)}

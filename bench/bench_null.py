@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from bench_variant import BENCHMARKS, add_corpus_arguments, committed_runs, corpus_folders  # noqa: E402
+from bench_variant import BENCHMARKS, add_corpus_arguments, committed_runs, corpus_folders, lr_option  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, regenerate, run_one, run_pool, write_results  # noqa: E402
+from runs import RESULTS, regenerate, run_one, run_pool, write_results  # noqa: E402
 
 __all__ = ["JITTER", "analyse", "jittered", "main", "uniform_spec", "write_report"]
 
@@ -55,9 +55,8 @@ def null_spec(uniform: dict[str, Any], domains: tuple[str, ...]) -> dict[str, An
 
 def uniform_spec(name: str, seed: int, scale: int) -> dict[str, Any]:
     """A held-out uniform run of benchmark ``name`` trained ``scale`` times as long."""
-    lr = BENCHMARKS[name]["lr"]
     return {"name": f"x{scale}-uniform-s{seed}", "seed": seed, "eval_split": "val", "arm": "uniform",
-            "pike": {"strategy": "uniform"}, **({"lr": lr} if lr != LR else {})}
+            "pike": {"strategy": "uniform"}, **lr_option(name)}
 
 
 def analyse(result: dict[str, Any]) -> dict[str, Any]:

@@ -47,9 +47,10 @@ import numpy as np  # noqa: E402
 
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, write_results  # noqa: E402
+from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_pike, write_results  # noqa: E402
 
-__all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "corpus_folders", "main", "write_report"]
+__all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "corpus_folders", "lr_option", "main",
+           "write_report"]
 
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "headroom": {"results": "headroom.json", "data": "headroom", "domains": CORPORA["headroom"], "steps": 400,
@@ -97,9 +98,7 @@ def with_variant(spec: dict[str, Any], variant: str) -> dict[str, Any]:
 
 def tuning_specs(name: str, runs: list[dict[str, Any]], variant: str) -> dict[str, dict[str, Any]]:
     """The tuning seed's uniform and shipped PiKE runs' specs (committed where they exist) and the variant's."""
-    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
-
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped_defaults()}
+    pike = shipped_pike()
     tuning = [r["spec"] for r in runs if r["spec"]["seed"] == TUNE_SEED and r["spec"]["eval_split"] == "train"]
     uniform = next(s for s in tuning if s["pike"] == {"strategy": "uniform"}
                    and np.ptp(list(s.get("weights", {"u": 1}).values())) < 1e-9)
@@ -182,6 +181,13 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, work: str) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
     parser.add_argument("--out", default=str(RESULTS))
+
+
+def lr_option(name: str) -> dict[str, float]:
+    """A run spec's ``lr`` entry for benchmark ``name``: absent at the default learning rate, as the committed
+    specs have it."""
+    lr = BENCHMARKS[name]["lr"]
+    return {"lr": lr} if lr != LR else {}
 
 
 def corpus_folders(parser: argparse.ArgumentParser, args: argparse.Namespace,

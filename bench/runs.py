@@ -154,6 +154,14 @@ def shipped_defaults() -> dict[str, Any]:
             "normalize": strategy.normalize}
 
 
+def shipped_pike() -> dict[str, Any]:
+    """The PiKE options of a benchmark's shipped-defaults arm: :func:`shipped_defaults`, warmed up for one
+    update interval."""
+    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
+
+    return {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped_defaults()}
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, work: str, seeds: str) -> None:
     """The options every PiKE benchmark takes: run folder, length, seeds, parallel jobs, report-only, output."""
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), work))

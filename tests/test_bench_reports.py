@@ -250,14 +250,12 @@ def test_the_longer_runs_noise_floor_is_regenerated_exactly_and_trains_both_arms
 
 def test_the_long_runs_study_is_regenerated_exactly_reuses_the_null_runs_and_chose_on_the_tuning_seed(
         tmp_path: Path) -> None:
-    from pike_stream.controller import DEFAULT_UPDATE_INTERVAL
-
     result = json.loads((RESULTS / "long.json").read_text())
     blong.write_report(result, tmp_path)
     assert (tmp_path / "long.md").read_text() == (RESULTS / "long.md").read_text()
     null = json.loads((RESULTS / "null_x3.json").read_text())
     assert result["shipped_defaults"] == runs.shipped_defaults()
-    pike = {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **runs.shipped_defaults()}
+    pike = runs.shipped_pike()
     assert sorted(result["corpora"]) == sorted(blong.CORPORA)
     for name, corpus in result["corpora"].items():
         steps = bv.BENCHMARKS[name]["steps"] * blong.SCALE

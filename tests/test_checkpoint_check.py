@@ -18,7 +18,7 @@ from pike_stream.train.checkpoint_check import (
     use_checkpoint_verification,
     verify_checkpoint,
 )
-from tests.test_mistakes import _flip_a_tensor_byte
+from tests.checkpoints import flip_a_tensor_byte
 
 
 def _saved(path: Path) -> bytes:
@@ -29,7 +29,7 @@ def _saved(path: Path) -> bytes:
 def test_torch_load_alone_takes_a_checkpoint_with_a_flipped_byte(tmp_path: Path) -> None:
     """Why the check exists: the damaged archive loads, with one weight changed."""
     path = tmp_path / "ck.pt"
-    path.write_bytes(_flip_a_tensor_byte(_saved(path)))
+    path.write_bytes(flip_a_tensor_byte(_saved(path)))
     loaded = torch.load(path, weights_only=False)["state"]["w"]
     assert int((loaded != torch.arange(4096, dtype=torch.float32)).sum()) == 1
 
@@ -38,7 +38,7 @@ def test_an_intact_checkpoint_passes_and_a_flipped_byte_is_named(tmp_path: Path)
     path = tmp_path / "ck.pt"
     data = _saved(path)
     assert verify_checkpoint(path) is True
-    path.write_bytes(_flip_a_tensor_byte(data))
+    path.write_bytes(flip_a_tensor_byte(data))
     with pytest.raises(CorruptCheckpointError) as caught:
         verify_checkpoint(str(path), [(0, 10)])
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -68,7 +68,7 @@ def test_composer_calls_the_check_and_a_users_own_validation_function_is_kept(
     from composer.utils.checkpoint import safe_torch_load
 
     path = tmp_path / "ck.pt"
-    path.write_bytes(_flip_a_tensor_byte(_saved(path)))
+    path.write_bytes(flip_a_tensor_byte(_saved(path)))
     monkeypatch.delenv(VALIDATION_VARIABLE, raising=False)
     assert use_checkpoint_verification() is True and os.environ[VALIDATION_VARIABLE] == VERIFIER
     with pytest.raises(CorruptCheckpointError):

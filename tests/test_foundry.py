@@ -28,7 +28,7 @@ from pike_stream.cli import main as pike_stream_main
 from pike_stream.foundry import ByteLevelTokenizer, FoundryPiKE, build_pike_dataloader
 from pike_stream.storage import EmbeddedS3, s3_client
 from pike_stream.train.config import ConfigError
-from tests.test_mistakes import _flip_a_tensor_byte
+from tests.checkpoints import flip_a_tensor_byte
 from tests.test_train import REPO, _assert_same_batches, _env, _last_step, _metrics_by_step
 
 __all__: list[str] = []
@@ -359,7 +359,7 @@ def test_llm_foundry_trains_with_pike_and_resumes_exactly_after_a_kill(s3_env: E
     client = s3_client(s3_env.settings)
     key = client.get_object(Bucket=s3_bucket, Key="reference/latest-rank0.pt.symlink")["Body"].read().decode()
     body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
-    client.put_object(Bucket=s3_bucket, Key=key, Body=_flip_a_tensor_byte(body))
+    client.put_object(Bucket=s3_bucket, Key=key, Body=flip_a_tensor_byte(body))
     before = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="reference/")["Contents"])
     longer = _train_command(*_overrides(s3_bucket, reference / "run", "reference"), f"max_duration={STEPS + 8}ba")
     rerun = _start(longer, reference, tmp_path / "corrupt.log")

@@ -34,6 +34,7 @@ import yaml
 
 from pike_stream.storage import EmbeddedS3, s3_client
 from pike_stream.train.config import config_from_dict
+from tests.checkpoints import flip_a_tensor_byte
 from tests.mds_data import write_domain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -400,20 +401,6 @@ def test_the_config_knows_streamings_shuffle_algorithms() -> None:
 
 
 # ------------------------------------------------------------------------------------------- damaged checkpoints
-def _flip_a_tensor_byte(data: bytes) -> bytes:
-    """``data`` (a torch.save archive) with one byte of its largest tensor record inverted: still a valid zip,
-    and ``torch.load`` would load it without a word."""
-    import io
-    import zipfile
-
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    start = record.header_offset + 30 + len(record.filename.encode()) + len(record.extra)
-    damaged = bytearray(data)
-    damaged[start + record.file_size // 2] ^= 0xFF
-    return bytes(damaged)
-
-
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_checkpoint_with_flipped_bytes_is_refused_by_name(world: SimpleNamespace, where: str) -> None:
     """A run trained 4 steps; a byte of its latest checkpoint's weights is flipped on disk or in the bucket.
@@ -428,17 +415,22 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_by_name(world: SimpleNamespa
     client = s3_client(world.server.settings)
     if where == "local":
         target = local / os.readlink(local / "latest-rank0.pt")
-        target.write_bytes(_flip_a_tensor_byte(target.read_bytes()))
+        target.write_bytes(flip_a_tensor_byte(target.read_bytes()))
         named = str(target)
     else:
         prefix = f"checkpoints/{run}/"
         key = client.get_object(Bucket=world.bucket, Key=prefix + "latest-rank0.pt.symlink")["Body"].read().decode()
         body = client.get_object(Bucket=world.bucket, Key=key)["Body"].read()
-        client.put_object(Bucket=world.bucket, Key=key, Body=_flip_a_tensor_byte(body))
+        client.put_object(Bucket=world.bucket, Key=key, Body=flip_a_tensor_byte(body))
         named = f"s3://{world.bucket}/{key}"
-    before = (sorted(p.name for p in local.iterdir()) if where == "local" else
-              sorted(o["Key"] for o in client.list_objects_v2(Bucket=world.bucket, Prefix=f"checkpoints/{run}/")
-                     ["Contents"]))
+
+    def saved() -> list[str]:
+        if where == "local":
+            return sorted(p.name for p in local.iterdir())
+        listed = client.list_objects_v2(Bucket=world.bucket, Prefix=f"checkpoints/{run}/")
+        return sorted(o["Key"] for o in listed["Contents"])
+
+    before = saved()
     rerun = _cli(world, cwd, TRAIN, str(world.config), f"run_name={run}", "max_duration=8ba", *save)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 2, err[-4000:]
@@ -446,7 +438,4 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_by_name(world: SimpleNamespa
     assert len(lines) == 1 and "Traceback" not in out + err, err[-4000:]
     assert f"checkpoint {named} is corrupt" in lines[0] and "fails the CRC-32 check" in lines[0], lines[0]
     assert "nothing was loaded or trained" in lines[0]
-    after = (sorted(p.name for p in local.iterdir()) if where == "local" else
-             sorted(o["Key"] for o in client.list_objects_v2(Bucket=world.bucket, Prefix=f"checkpoints/{run}/")
-                    ["Contents"]))
-    assert after == before, "no checkpoint was written past the damaged one"
+    assert saved() == before, "no checkpoint was written past the damaged one"

@@ -42,10 +42,12 @@ from pike_stream.mixer.domain import DomainSource
 from pike_stream.mixer.fetch import S3ShardDownloader, describe_fetch_error
 from pike_stream.streaming_compat import set_stream_downloader
 
-__all__ = ["ShardCache", "ShardFetchError", "ShardIntegrityError"]
+__all__ = ["READ_AHEAD_THREAD_PREFIX", "ShardCache", "ShardFetchError", "ShardIntegrityError"]
 
 log = logging.getLogger(__name__)
 
+READ_AHEAD_THREAD_PREFIX = "pike-readahead"
+"""The name of every read-ahead thread starts with this."""
 _EVICT_LOCK = ".pike_stream-evict.lock"
 _VANISHED_ATTEMPTS = 5  # a shard evicted by another rank between its download and its read is fetched again
 
@@ -94,7 +96,7 @@ class ShardCache:
         self.sources = sources
         self.cache_limit = cache_limit
         self.retry_seconds = retry_seconds
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="pike-readahead") if workers > 0 else None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=READ_AHEAD_THREAD_PREFIX) if workers > 0 else None
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._pending: dict[Key, Future] = {}

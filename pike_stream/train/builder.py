@@ -480,9 +480,8 @@ def build_trainer(cfg: TrainConfig, *, preflight: bool = True) -> Trainer:
         )
     except BaseException as error:
         close_orphaned_checkpoint_uploaders(uploaders)  # Composer started them; no trainer is left to close them
-        loaded = load_path or _local_latest_checkpoint(cfg)
-        if isinstance(error, CorruptCheckpointError) and loaded:
-            raise error.naming(loaded) from None  # not the temporary copy Composer loaded
+        if isinstance(error, CorruptCheckpointError):  # name the checkpoint, not the temporary copy Composer loaded
+            raise error.naming(load_path or _local_latest_checkpoint(cfg) or error.path) from None
         raise
     check_latest_symlink_often(trainer)
     if rank == 0:  # only once every check passed and the checkpoint (if any) was loaded

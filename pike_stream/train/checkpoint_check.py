@@ -15,29 +15,30 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from pike_stream.train.composer_compat import CHECKPOINT_VALIDATION_VARIABLE
+
 __all__ = ["VALIDATION_VARIABLE", "VERIFIER", "CorruptCheckpointError", "use_checkpoint_verification",
            "verify_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-VALIDATION_VARIABLE = "CHECKPOINT_VALIDATION_FUNCTION"
-"""Composer's setting (an environment variable): ``module.function`` to call on a checkpoint before loading it."""
+VALIDATION_VARIABLE = CHECKPOINT_VALIDATION_VARIABLE
 VERIFIER = f"{__name__}.verify_checkpoint"
 
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint file's bytes differ from those its writer recorded: nothing of it was loaded."""
 
-    def __init__(self, path: str, record: str, source: str | None = None) -> None:
-        self.path, self.record, self.source = path, record, source
-        super().__init__(f"checkpoint {source or path} is corrupt: its record {record} fails the CRC-32 check "
+    def __init__(self, path: str, record: str) -> None:
+        self.path, self.record = path, record
+        super().__init__(f"checkpoint {path} is corrupt: its record {record} fails the CRC-32 check "
                          "torch.save wrote for it (bytes changed on disk, in the bucket or in transfer); nothing was "
                          "loaded or trained. Restore an intact copy, or resume from an earlier checkpoint: "
                          "load_path=<its path> autoresume=false save_overwrite=true")
 
     def naming(self, source: str) -> CorruptCheckpointError:
         """The same error, naming where the checkpoint was loaded from (a URI) instead of its local copy."""
-        return CorruptCheckpointError(self.path, self.record, source)
+        return CorruptCheckpointError(source, self.record)
 
 
 def verify_checkpoint(path: str | Path, specs: list[tuple[int, int]] | None = None) -> bool:

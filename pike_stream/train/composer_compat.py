@@ -1,7 +1,9 @@
-"""The two places pike_stream reaches into Composer's private attributes, kept here with their reasons.
+"""The places pike_stream reaches into Composer's private attributes, kept here with their reasons.
 
 Each is guarded: on a Composer version without the attribute, the function does nothing (the behaviour
 then is Composer's own), and ``tests/test_composer_compat.py`` checks that Composer 0.32 still has them.
+:data:`CHECKPOINT_VALIDATION_VARIABLE` is read by a private function of Composer's checkpoint loader; a
+Composer without it would not call the check (``tests/test_checkpoint_check.py`` checks that it does).
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ import gc
 import logging
 from typing import Any
 
-__all__ = ["SYMLINK_RETRY_SECONDS", "check_latest_symlink_often", "check_saver_latest_symlink_often",
-           "checkpoint_uploaders", "close_checkpoint_uploader", "close_orphaned_checkpoint_uploaders"]
+__all__ = ["CHECKPOINT_VALIDATION_VARIABLE", "SYMLINK_RETRY_SECONDS", "check_latest_symlink_often",
+           "check_saver_latest_symlink_often", "checkpoint_uploaders", "close_checkpoint_uploader",
+           "close_orphaned_checkpoint_uploaders"]
 
 log = logging.getLogger(__name__)
 
 SYMLINK_RETRY_SECONDS = 2.0
+CHECKPOINT_VALIDATION_VARIABLE = "CHECKPOINT_VALIDATION_FUNCTION"
+"""The environment variable in which Composer's checkpoint loader looks for ``module.function`` to call on every
+checkpoint file before loading it (``composer.utils.checkpoint._get_checkpoint_validation_function``)."""
 
 
 def check_latest_symlink_often(trainer: Any) -> bool:
