@@ -1,0 +1,186 @@
+"""PiKE and Balanced-PiKE on the unequal corpus, in runs three times as long, with the comparison's own floor.
+
+    python bench/corpora.py unequal UNEQUAL
+    python bench/bench_long_unequal.py --unequal UNEQUAL/mds --work RUNS [--jobs 2]
+    python bench/bench_long_unequal.py --report-only
+
+At 400 steps (``bench/results/unequal_lr0.006.md``, seeds 40–42) PiKE ended +0.048 ± 0.073 above uniform on
+the average loss and Balanced-PiKE did not have the lowest worst-domain loss, but uniform with its weights
+jittered by 1% moved the average by 0.040 on the same seeds (``null.json``): those runs cannot tell the arms apart.
+``bench_long.py`` found that three times the steps cuts that floor about fourfold on two other corpora. This
+benchmark asks the unequal corpus's questions again at that length.
+
+**The protocol, fixed before any of its runs.** Nothing here is tuned; no default changes with its results.
+
+- Corpus: ``unequal`` (en, code at 1.5 MB; ru at a fifth, fr at a tenth); AdamW lr 6e-3 as
+  ``unequal_lr0.006``; 1,200 steps (3× its 400) of 64 × 64 tokens, evaluated every 120 steps on the
+  validation split.
+- Seeds 70–73, run by no other benchmark. Arms, each on every seed: ``uniform``; ``uniform_jitter`` (uniform
+  times ``1 ± 1%``, the null arm of ``bench_null.py``: same seed, a different trajectory, no change in what can
+  be learned); ``proportional`` (weights by domain size); ``pike`` and ``balanced_pike`` (τ = 1) at the shipped
+  defaults.
+- Scores: PiKE's objective, the validation loss averaged over all domains, and Balanced-PiKE's, the worst
+  domain's; both paired per seed, arm − uniform.
+- Rule (as ``bench_long.py``): an arm is *better* (*worse*) than uniform on a score when it is lower (higher) on
+  all four seeds and its mean difference is larger than the null arm's mean absolute difference on that
+  score; otherwise *not resolved*.
+- Goals of the PiKE issue: PiKE is not worse than uniform beyond the seed spread (its verdict on the average
+  is not *worse*, and its mean difference is at most the sd of uniform's final average over the seeds);
+  Balanced-PiKE has the lowest mean worst-domain loss of the four methods (the null arm is a measurement,
+  not a method).
+
+Writes ``bench/results/long_unequal.json`` and ``long_unequal.md``; finished runs are kept in ``WORK/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from bench_corpora import BALANCED_TAU  # noqa: E402
+from bench_long import SCALE, verdict  # noqa: E402
+from bench_null import jittered  # noqa: E402
+from bench_variant import BENCHMARKS, lr_option  # noqa: E402
+from curves import final_losses, fmt_spread  # noqa: E402
+from runs import RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, shipped_pike, write_results  # noqa: E402
+
+__all__ = ["ARMS", "METHODS", "SEEDS", "analyse", "arm_specs", "main", "write_report"]
+
+NAME = "unequal"
+SEEDS = (70, 71, 72, 73)
+METHODS = ("uniform", "proportional", "pike", "balanced_pike")
+ARMS = ("uniform", "uniform_jitter", "proportional", "pike", "balanced_pike")
+SCORES = {"avg": 0, "worst": 1}
+"""The two scores, by their index in :func:`curves.final_losses`."""
+
+
+def arm_specs(seed: int) -> list[dict[str, Any]]:
+    """The run specs of one held-out seed, one per arm of :data:`ARMS`."""
+    domains = BENCHMARKS[NAME]["domains"]
+    pike = shipped_pike()
+    options: dict[str, dict[str, Any]] = {
+        "uniform": {"pike": {"strategy": "uniform"}},
+        "uniform_jitter": {"pike": {"strategy": "uniform"}, "weights": jittered(domains)},
+        "proportional": {"pike": {"strategy": "proportional"}},
+        "pike": {"pike": pike},
+        "balanced_pike": {"pike": {**pike, "strategy": "balanced_pike", "tau": BALANCED_TAU}},
+    }
+    return [{"name": f"x{SCALE}-{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, **options[arm],
+             **lr_option(NAME)} for arm in ARMS]
+
+
+def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    """Each arm's final scores and paired differences per seed, the null floors, verdicts and the goals."""
+    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in result["runs"]:
+        by_arm.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
+    uniform = by_arm["uniform"]
+    seeds = sorted(uniform)
+
+    def diffs(arm: str, score: int) -> list[float]:
+        return [final_losses(by_arm[arm][s])[score] - final_losses(uniform[s])[score] for s in seeds]
+
+    floors = {name: float(np.mean(np.abs(diffs("uniform_jitter", i)))) for name, i in SCORES.items()}
+    table: dict[str, Any] = {}
+    for arm in ARMS:
+        row: dict[str, Any] = {"final_weights": [by_arm[arm][s]["weights"][-1] if by_arm[arm][s]["weights"]
+                                                 else None for s in seeds]}
+        for name, i in SCORES.items():
+            d = diffs(arm, i)
+            row[f"final_{name}"] = [final_losses(by_arm[arm][s])[i] for s in seeds]
+            row[f"diff_{name}"] = d
+            row[f"verdict_{name}"] = verdict(d, floors[name]) if arm != "uniform" else ""
+        row["final_per_domain"] = {d: float(np.mean([by_arm[arm][s]["val_loss"][d][-1] for s in seeds]))
+                                   for d in BENCHMARKS[NAME]["domains"]}
+        row["wall_seconds"] = float(np.mean([by_arm[arm][s]["wall_seconds"] for s in seeds]))
+        table[arm] = row
+    spread = float(np.std(table["uniform"]["final_avg"], ddof=1))
+    pike_mean = float(np.mean(table["pike"]["diff_avg"]))
+    worst_means = {arm: float(np.mean(table[arm]["final_worst"])) for arm in METHODS}
+    goals = {
+        "pike not worse than uniform beyond the seed spread": {
+            "met": table["pike"]["verdict_avg"] != "worse" and pike_mean <= spread,
+            "detail": f"pike − uniform on the average loss {fmt_spread(table['pike']['diff_avg'])} "
+                      f"({table['pike']['verdict_avg']}); uniform's seed spread (sd) {spread:.4f}"},
+        "balanced_pike has the lowest worst-domain loss": {
+            "met": min(worst_means, key=lambda k: worst_means[k]) == "balanced_pike",
+            "detail": "mean final worst-domain loss: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in sorted(worst_means.items(), key=lambda kv: kv[1]))
+                      + f"; balanced_pike − uniform {fmt_spread(table['balanced_pike']['diff_worst'])} "
+                      f"({table['balanced_pike']['verdict_worst']})"},
+    }
+    return {"seeds": seeds, "floors": floors, "uniform_spread": spread, "table": table, "goals": goals}
+
+
+def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
+    a = analyse(result)
+    domains = BENCHMARKS[NAME]["domains"]
+    lines = [f"# PiKE and Balanced-PiKE on the unequal corpus, runs {SCALE} times as long", "",
+             f"The unequal corpus ({', '.join(domains)}: en and code at 1.5 MB, ru at a fifth, fr at a tenth), the "
+             f"model, batches (64 × 64 tokens) and evaluation of [headroom.md](headroom.md), AdamW lr "
+             f"{BENCHMARKS[NAME]['lr']:g}, {result['steps']} steps. The protocol (arms, seeds, the rule for *better* "
+             "and *worse*, the goals) was fixed before any run: see `bench/bench_long_unequal.py`. PiKE and "
+             f"Balanced-PiKE (τ = {BALANCED_TAU:g}) run the shipped defaults ({result['shipped_defaults']}). "
+             "Differences are arm − uniform, paired per seed, mean ± sd; negative is better.", "",
+             f"Command: `{result['command']}`", "",
+             f"Seeds {', '.join(map(str, a['seeds']))} (validation split). The null arm's mean absolute difference, "
+             f"the smallest one this comparison resolves: **{a['floors']['avg']:.4f}** on the average loss, "
+             f"**{a['floors']['worst']:.4f}** on the worst domain's.", "",
+             "| arm | final avg loss per seed | avg − uniform per seed | mean ± sd | verdict | final worst-domain loss "
+             "per seed | worst − uniform, mean ± sd | verdict | final weights (first seed) |",
+             "|---|---|---|---:|---|---|---:|---|---|"]
+    for arm, t in a["table"].items():
+        w = t["final_weights"][0]
+        lines.append(
+            f"| {arm} | {', '.join(f'{x:.4f}' for x in t['final_avg'])} | "
+            f"{', '.join(f'{x:+.4f}' for x in t['diff_avg'])} | {fmt_spread(t['diff_avg'])} | {t['verdict_avg']} | "
+            f"{', '.join(f'{x:.4f}' for x in t['final_worst'])} | {fmt_spread(t['diff_worst'])} | "
+            f"{t['verdict_worst']} | {'' if w is None else ' / '.join(f'{x:.2f}' for x in w)} |")
+    lines += ["", "Per-domain final validation loss, mean over the seeds:", "",
+              "| arm | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
+    for arm, t in a["table"].items():
+        lines.append(f"| {arm} | " + " | ".join(f"{t['final_per_domain'][d]:.3f}" for d in domains) + " |")
+    lines += ["", "Goals:", ""]
+    for goal, g in a["goals"].items():
+        lines.append(f"- **{goal}**: {'met' if g['met'] else 'NOT met'} — {g['detail']}")
+    lines.append("")
+    (out / "long_unequal.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--unequal", help="the unequal corpus's mds/ folder (bench/corpora.py unequal)")
+    parser.add_argument("--work", default="pike-long-unequal-runs")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
+    parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if regenerate(args, "long_unequal", write_report):
+        return 0
+    bench = BENCHMARKS[NAME]
+    check_data(parser, args.unequal, bench["domains"], "--unequal", NAME)
+    os.makedirs(args.work, exist_ok=True)
+    steps = bench["steps"] * SCALE
+    pool = run_pool(args.jobs)
+    futures = [pool.submit(run_one, spec, args.unequal, args.work, steps, bench["eval_every"] * SCALE,
+                           bench["domains"]) for seed in SEEDS for spec in arm_specs(seed)]
+    runs = [f.result() for f in futures]
+    pool.shutdown()
+    result = {"command": f"python bench/bench_long_unequal.py --unequal UNEQUAL/mds --work RUNS --jobs {args.jobs}",
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+              "scale": SCALE, "steps": steps, "shipped_defaults": shipped_defaults(), "runs": runs}
+    write_results(out, "long_unequal", result, write_report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
