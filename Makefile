@@ -96,7 +96,9 @@ bench: install
 	$(BIN)/python bench/bench_adopt.py cross_terms --headroom $(DATA)/headroom/mds --unequal $(DATA)/unequal/mds \
 		--work $(DATA)/adopt-runs --jobs 2
 	$(BIN)/python bench/bench_long.py --headroom $(DATA)/headroom/mds --work $(DATA)/long-runs --jobs 2
-	$(BIN)/python bench/bench_long_unequal.py --unequal $(DATA)/unequal/mds --work $(DATA)/long-unequal-runs --jobs 2
+	$(BIN)/python bench/bench_long_corpora.py unequal --data $(DATA)/unequal/mds --work $(DATA)/long-unequal-runs --jobs 2
+	$(BIN)/python bench/bench_long_corpora.py multilingual --data $(DATA)/multilingual/mds --work $(DATA)/long-multilingual-runs \
+		--jobs 2
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m 'not slow'

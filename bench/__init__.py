@@ -12,6 +12,8 @@ Shared modules:
 
 The PiKE benchmarks: ``bench_headroom.py`` (four domains, a memorised one among them), ``bench_spread.py``
 (the noise benchmark's seed-to-seed spread, which picks its learning rate), ``bench_noise.py`` (en, code and
-noise), ``bench_corpora.py`` (multilingual and unequal corpora), ``bench_overhead.py`` (PiKE's cost per step).
+noise), ``bench_corpora.py`` (multilingual and unequal corpora), ``bench_overhead.py`` (PiKE's cost per step);
+the noise floor of a paired comparison, ``bench_null.py``; the same questions in runs three times as long,
+``bench_long.py`` (noise and headroom corpora) and ``bench_long_corpora.py`` (unequal and multilingual).
 The data path: ``bench_mixer.py``, ``bench_cache.py``, ``bench_load.py``, ``bench_convert.py``.
 """

@@ -16,7 +16,7 @@ import bench_adopt as badopt  # noqa: E402
 import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
 import bench_long as blong  # noqa: E402
-import bench_long_unequal as blu  # noqa: E402
+import bench_long_corpora as blc  # noqa: E402
 import bench_noise as bn  # noqa: E402
 import bench_null as bnull  # noqa: E402
 import bench_spread as bs  # noqa: E402
@@ -288,26 +288,38 @@ def test_the_long_runs_verdict_needs_every_seed_and_a_mean_past_the_null_floor()
     assert blong.verdict([0.02, 0.03, 0.01, 0.02], 0.01) == "worse"
 
 
-def test_the_unequal_corpus_at_three_times_is_regenerated_exactly_and_every_arm_is_its_protocols(
-        tmp_path: Path) -> None:
-    result = json.loads((RESULTS / "long_unequal.json").read_text())
-    blu.write_report(result, tmp_path)
-    assert (tmp_path / "long_unequal.md").read_text() == (RESULTS / "long_unequal.md").read_text()
+@pytest.mark.parametrize("corpus", [c for c in blc.STUDIES if (RESULTS / f"long_{c}.json").exists()])
+def test_a_long_corpus_study_is_regenerated_exactly_and_every_arm_is_its_protocols(tmp_path: Path,
+                                                                                  corpus: str) -> None:
+    name = f"long_{corpus}.json"
+    result = json.loads((RESULTS / name).read_text())
+    assert result["corpus"] == corpus
+    blc.write_report(result, tmp_path)
+    assert (tmp_path / f"long_{corpus}.md").read_text() == (RESULTS / f"long_{corpus}.md").read_text()
     assert result["shipped_defaults"] == runs.shipped_defaults()
-    assert result["steps"] == bv.BENCHMARKS["unequal"]["steps"] * blong.SCALE
-    expected = [spec for seed in blu.SEEDS for spec in blu.arm_specs(seed)]
+    assert result["steps"] == blc.STEPS == 400 * blong.SCALE
+    seeds = blc.STUDIES[corpus]["seeds"]
+    expected = [spec for seed in seeds for spec in blc.arm_specs(corpus, seed)]
     assert [r["spec"] for r in result["runs"]] == expected, "every arm on every seed, as the protocol fixed them"
     assert all(r["steps"] == result["steps"] for r in result["runs"])
     by_spec = {r["spec"]["name"]: r for r in result["runs"]}
     pike = runs.shipped_pike()
-    for seed in blu.SEEDS:
+    for seed in seeds:
         assert by_spec[f"x3-pike-s{seed}"]["spec"]["pike"] == pike
         assert by_spec[f"x3-balanced_pike-s{seed}"]["spec"]["pike"] == {**pike, "strategy": "balanced_pike",
                                                                            "tau": bcorp.BALANCED_TAU}
-    others = [p for p in RESULTS.glob("*.json") if p.name != "long_unequal.json"]
-    for other in others:  # seeds no other benchmark runs
+    for other in RESULTS.glob("*.json"):  # seeds no other benchmark runs
         text = other.read_text().replace(" ", "")
-        assert not any(f'"seed":{s},' in text for s in blu.SEEDS), other.name
+        if other.name != name:
+            assert not any(f'"seed":{s},' in text for s in seeds), other.name
+
+
+def test_the_unequal_study_kept_the_specs_of_its_committed_protocol() -> None:
+    """The unequal corpus's runs were made before the multilingual corpus joined the script: its specs are
+    those the first protocol wrote (lr as ``unequal_lr0.006``)."""
+    assert blc.arm_specs("unequal", 70)[3] == {"name": "x3-pike-s70", "seed": 70, "eval_split": "val", "arm": "pike",
+                                               "pike": runs.shipped_pike(), **bv.lr_option("unequal")}
+    assert (RESULTS / "long_unequal.json").exists()
 
 
 def test_the_unequal_studys_goals_follow_its_numbers() -> None:
@@ -319,18 +331,18 @@ def test_the_unequal_studys_goals_follow_its_numbers() -> None:
 
     def study(pike_avg: float, balanced_worst: float) -> dict:
         out = []
-        for seed, noise in zip(blu.SEEDS, (0.0, 0.01, -0.01, 0.02)):
+        for seed, noise in zip(blc.STUDIES["unequal"]["seeds"], (0.0, 0.01, -0.01, 0.02)):
             out += [run("uniform", seed, 2.0 + noise, 2.5 + noise),
                     run("uniform_jitter", seed, 2.005 + noise, 2.505 + noise),
                     run("proportional", seed, 2.0 + noise, 2.45 + noise),
                     run("pike", seed, pike_avg + noise, 2.5 + noise),
                     run("balanced_pike", seed, 2.0 + noise, balanced_worst + noise)]
-        return {"runs": out}
+        return {"corpus": "unequal", "runs": out}
 
-    good = blu.analyse(study(pike_avg=2.0, balanced_worst=2.4))
+    good = blc.analyse(study(pike_avg=2.0, balanced_worst=2.4))
     assert good["floors"]["avg"] == pytest.approx(0.005)
     assert all(g["met"] for g in good["goals"].values())
     assert good["table"]["balanced_pike"]["verdict_worst"] == "better"
-    bad = blu.analyse(study(pike_avg=2.05, balanced_worst=2.47))
+    bad = blc.analyse(study(pike_avg=2.05, balanced_worst=2.47))
     assert bad["table"]["pike"]["verdict_avg"] == "worse"
     assert not any(g["met"] for g in bad["goals"].values())  # proportional's 2.45 is below balanced's 2.47

@@ -1,24 +1,30 @@
-"""PiKE and Balanced-PiKE on the unequal corpus, in runs three times as long, with the comparison's own floor.
+"""PiKE and Balanced-PiKE on the corpora with little headroom, in runs three times as long, with each
+comparison's own floor.
 
-    python bench/corpora.py unequal UNEQUAL
-    python bench/bench_long_unequal.py --unequal UNEQUAL/mds --work RUNS [--jobs 2]
-    python bench/bench_long_unequal.py --report-only
+    python bench/corpora.py unequal UNEQUAL && python bench/corpora.py multilingual MULTI
+    python bench/bench_long_corpora.py unequal --data UNEQUAL/mds --work RUNS [--jobs 2]
+    python bench/bench_long_corpora.py multilingual --data MULTI/mds --work RUNS [--jobs 2]
+    python bench/bench_long_corpora.py unequal --report-only
 
 At 400 steps (``bench/results/unequal_lr0.006.md``, seeds 40–42) PiKE ended +0.048 ± 0.073 above uniform on
-the average loss and Balanced-PiKE did not have the lowest worst-domain loss, but uniform with its weights
-jittered by 1% moved the average by 0.040 on the same seeds (``null.json``): those runs cannot tell the arms apart.
-``bench_long.py`` found that three times the steps cuts that floor about fourfold on two other corpora. This
-benchmark asks the unequal corpus's questions again at that length.
+the unequal corpus's average loss and Balanced-PiKE did not have the lowest worst-domain loss, but uniform with
+its weights jittered by 1% moved the average by 0.040 on the same seeds (``null.json``): those runs cannot tell
+the arms apart. ``bench_long.py`` found that three times the steps cut that floor about fourfold on two other
+corpora. This benchmark asks the questions of ``bench_corpora.py`` again at that length.
 
-**The protocol, fixed before any of its runs.** Nothing here is tuned; no default changes with its results.
+**The protocol, fixed before any of its runs** (the unequal corpus's in 1f805f0, before its runs; the
+multilingual corpus's in the commit that added it, before its runs). Nothing here is tuned; no default changes
+with its results.
 
-- Corpus: ``unequal`` (en, code at 1.5 MB; ru at a fifth, fr at a tenth); AdamW lr 6e-3 as
-  ``unequal_lr0.006``; 1,200 steps (3× its 400) of 64 × 64 tokens, evaluated every 120 steps on the
-  validation split.
-- Seeds 70–73, run by no other benchmark. Arms, each on every seed: ``uniform``; ``uniform_jitter`` (uniform
-  times ``1 ± 1%``, the null arm of ``bench_null.py``: same seed, a different trajectory, no change in what can
-  be learned); ``proportional`` (weights by domain size); ``pike`` and ``balanced_pike`` (τ = 1) at the shipped
-  defaults.
+- Corpora (:data:`STUDIES`): ``unequal`` (en, code at 1.5 MB; ru at a fifth, fr at a tenth), seeds 70–73;
+  ``multilingual`` (en, de, fr, es, ru, code at 1.5 MB each), seeds 74–77; no other benchmark runs these seeds.
+  Both at AdamW lr 6e-3 (the learning rate ``bench_spread.py`` chose for its smaller seed spread, and that of
+  ``unequal_lr0.006``), 1,200 steps (3× ``bench_corpora.py``'s 400) of 64 × 64 tokens, evaluated every 120
+  steps on the validation split.
+- Arms, each on every seed: ``uniform``; ``uniform_jitter`` (uniform times ``1 ± 1%``, the null arm of
+  ``bench_null.py``: same seed, a different trajectory, no change in what can be learned); ``proportional``
+  (weights by domain size; unequal corpus only: on equal domains it is uniform); ``pike`` and
+  ``balanced_pike`` (τ = 1) at the shipped defaults.
 - Scores: PiKE's objective, the validation loss averaged over all domains, and Balanced-PiKE's, the worst
   domain's; both paired per seed, arm − uniform.
 - Rule (as ``bench_long.py``): an arm is *better* (*worse*) than uniform on a score when it is lower (higher) on
@@ -26,10 +32,10 @@ benchmark asks the unequal corpus's questions again at that length.
   score; otherwise *not resolved*.
 - Goals of the PiKE issue: PiKE is not worse than uniform beyond the seed spread (its verdict on the average
   is not *worse*, and its mean difference is at most the sd of uniform's final average over the seeds);
-  Balanced-PiKE has the lowest mean worst-domain loss of the four methods (the null arm is a measurement,
-  not a method).
+  Balanced-PiKE has the lowest mean worst-domain loss of the methods (the null arm is a measurement, not a
+  method).
 
-Writes ``bench/results/long_unequal.json`` and ``long_unequal.md``; finished runs are kept in ``WORK/``.
+Writes ``bench/results/long_<corpus>.json`` and ``long_<corpus>.md``; finished runs are kept in ``WORK/``.
 """
 
 from __future__ import annotations
@@ -48,23 +54,33 @@ import numpy as np  # noqa: E402
 from bench_corpora import BALANCED_TAU  # noqa: E402
 from bench_long import SCALE, verdict  # noqa: E402
 from bench_null import jittered  # noqa: E402
-from bench_variant import BENCHMARKS, lr_option  # noqa: E402
+from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
 from runs import RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, shipped_pike, write_results  # noqa: E402
 
-__all__ = ["ARMS", "METHODS", "SEEDS", "analyse", "arm_specs", "main", "write_report"]
+__all__ = ["STUDIES", "analyse", "arm_specs", "main", "write_report"]
 
-NAME = "unequal"
-SEEDS = (70, 71, 72, 73)
-METHODS = ("uniform", "proportional", "pike", "balanced_pike")
-ARMS = ("uniform", "uniform_jitter", "proportional", "pike", "balanced_pike")
+STUDIES: dict[str, dict[str, Any]] = {
+    "unequal": {"seeds": (70, 71, 72, 73), "about": "en and code at 1.5 MB, ru at a fifth, fr at a tenth",
+                "methods": ("uniform", "proportional", "pike", "balanced_pike")},
+    "multilingual": {"seeds": (74, 75, 76, 77), "about": "1.5 MB each",
+                     "methods": ("uniform", "pike", "balanced_pike")},
+}
+"""Per corpus: its held-out seeds, what its domains are, and the methods compared (the null arm is added)."""
+LR = 6e-3
+STEPS, EVAL_EVERY = 400 * SCALE, 40 * SCALE
 SCORES = {"avg": 0, "worst": 1}
 """The two scores, by their index in :func:`curves.final_losses`."""
 
 
-def arm_specs(seed: int) -> list[dict[str, Any]]:
-    """The run specs of one held-out seed, one per arm of :data:`ARMS`."""
-    domains = BENCHMARKS[NAME]["domains"]
+def arms(corpus: str) -> tuple[str, ...]:
+    methods = STUDIES[corpus]["methods"]
+    return (methods[0], "uniform_jitter", *methods[1:])
+
+
+def arm_specs(corpus: str, seed: int) -> list[dict[str, Any]]:
+    """The run specs of one held-out seed, one per arm."""
+    domains = CORPORA[corpus]
     pike = shipped_pike()
     options: dict[str, dict[str, Any]] = {
         "uniform": {"pike": {"strategy": "uniform"}},
@@ -74,11 +90,12 @@ def arm_specs(seed: int) -> list[dict[str, Any]]:
         "balanced_pike": {"pike": {**pike, "strategy": "balanced_pike", "tau": BALANCED_TAU}},
     }
     return [{"name": f"x{SCALE}-{arm}-s{seed}", "seed": seed, "eval_split": "val", "arm": arm, **options[arm],
-             **lr_option(NAME)} for arm in ARMS]
+             "lr": LR} for arm in arms(corpus)]
 
 
 def analyse(result: dict[str, Any]) -> dict[str, Any]:
     """Each arm's final scores and paired differences per seed, the null floors, verdicts and the goals."""
+    corpus = result["corpus"]
     by_arm: dict[str, dict[int, dict[str, Any]]] = {}
     for run in result["runs"]:
         by_arm.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
@@ -90,7 +107,7 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
 
     floors = {name: float(np.mean(np.abs(diffs("uniform_jitter", i)))) for name, i in SCORES.items()}
     table: dict[str, Any] = {}
-    for arm in ARMS:
+    for arm in arms(corpus):
         row: dict[str, Any] = {"final_weights": [by_arm[arm][s]["weights"][-1] if by_arm[arm][s]["weights"]
                                                  else None for s in seeds]}
         for name, i in SCORES.items():
@@ -99,12 +116,12 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
             row[f"diff_{name}"] = d
             row[f"verdict_{name}"] = verdict(d, floors[name]) if arm != "uniform" else ""
         row["final_per_domain"] = {d: float(np.mean([by_arm[arm][s]["val_loss"][d][-1] for s in seeds]))
-                                   for d in BENCHMARKS[NAME]["domains"]}
+                                   for d in CORPORA[corpus]}
         row["wall_seconds"] = float(np.mean([by_arm[arm][s]["wall_seconds"] for s in seeds]))
         table[arm] = row
     spread = float(np.std(table["uniform"]["final_avg"], ddof=1))
     pike_mean = float(np.mean(table["pike"]["diff_avg"]))
-    worst_means = {arm: float(np.mean(table[arm]["final_worst"])) for arm in METHODS}
+    worst_means = {arm: float(np.mean(table[arm]["final_worst"])) for arm in STUDIES[corpus]["methods"]}
     goals = {
         "pike not worse than uniform beyond the seed spread": {
             "met": table["pike"]["verdict_avg"] != "worse" and pike_mean <= spread,
@@ -122,12 +139,13 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     a = analyse(result)
-    domains = BENCHMARKS[NAME]["domains"]
-    lines = [f"# PiKE and Balanced-PiKE on the unequal corpus, runs {SCALE} times as long", "",
-             f"The unequal corpus ({', '.join(domains)}: en and code at 1.5 MB, ru at a fifth, fr at a tenth), the "
+    corpus = result["corpus"]
+    domains = CORPORA[corpus]
+    lines = [f"# PiKE and Balanced-PiKE on the {corpus} corpus, runs {SCALE} times as long", "",
+             f"The {corpus} corpus ({', '.join(domains)}: {STUDIES[corpus]['about']}), the "
              f"model, batches (64 × 64 tokens) and evaluation of [headroom.md](headroom.md), AdamW lr "
-             f"{BENCHMARKS[NAME]['lr']:g}, {result['steps']} steps. The protocol (arms, seeds, the rule for *better* "
-             "and *worse*, the goals) was fixed before any run: see `bench/bench_long_unequal.py`. PiKE and "
+             f"{result['lr']:g}, {result['steps']} steps. The protocol (arms, seeds, the rule for *better* "
+             "and *worse*, the goals) was fixed before any run: see `bench/bench_long_corpora.py`. PiKE and "
              f"Balanced-PiKE (τ = {BALANCED_TAU:g}) run the shipped defaults ({result['shipped_defaults']}). "
              "Differences are arm − uniform, paired per seed, mean ± sd; negative is better.", "",
              f"Command: `{result['command']}`", "",
@@ -152,33 +170,34 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
     for goal, g in a["goals"].items():
         lines.append(f"- **{goal}**: {'met' if g['met'] else 'NOT met'} — {g['detail']}")
     lines.append("")
-    (out / "long_unequal.md").write_text("\n".join(lines))
+    (out / f"long_{corpus}.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--unequal", help="the unequal corpus's mds/ folder (bench/corpora.py unequal)")
-    parser.add_argument("--work", default="pike-long-unequal-runs")
+    parser.add_argument("corpus", choices=sorted(STUDIES))
+    parser.add_argument("--data", help="the corpus's mds/ folder (bench/corpora.py CORPUS OUT)")
+    parser.add_argument("--work", default="pike-long-corpora-runs")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    if regenerate(args, "long_unequal", write_report):
+    out, corpus = Path(args.out), args.corpus
+    if regenerate(args, f"long_{corpus}", write_report):
         return 0
-    bench = BENCHMARKS[NAME]
-    check_data(parser, args.unequal, bench["domains"], "--unequal", NAME)
+    check_data(parser, args.data, CORPORA[corpus], "--data", corpus)
     os.makedirs(args.work, exist_ok=True)
-    steps = bench["steps"] * SCALE
     pool = run_pool(args.jobs)
-    futures = [pool.submit(run_one, spec, args.unequal, args.work, steps, bench["eval_every"] * SCALE,
-                           bench["domains"]) for seed in SEEDS for spec in arm_specs(seed)]
+    futures = [pool.submit(run_one, spec, args.data, args.work, STEPS, EVAL_EVERY, CORPORA[corpus])
+               for seed in STUDIES[corpus]["seeds"] for spec in arm_specs(corpus, seed)]
     runs = [f.result() for f in futures]
     pool.shutdown()
-    result = {"command": f"python bench/bench_long_unequal.py --unequal UNEQUAL/mds --work RUNS --jobs {args.jobs}",
-              "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-              "scale": SCALE, "steps": steps, "shipped_defaults": shipped_defaults(), "runs": runs}
-    write_results(out, "long_unequal", result, write_report)
+    folder = {"unequal": "UNEQUAL", "multilingual": "MULTI"}[corpus]
+    result = {"command": f"python bench/bench_long_corpora.py {corpus} --data {folder}/mds --work RUNS "
+                         f"--jobs {args.jobs}",
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "corpus": corpus,
+              "scale": SCALE, "steps": STEPS, "lr": LR, "shipped_defaults": shipped_defaults(), "runs": runs}
+    write_results(out, f"long_{corpus}", result, write_report)
     return 0
 
 
