@@ -51,12 +51,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from bench_corpora import BALANCED_TAU  # noqa: E402
+from bench_corpora import BALANCED_TAU, FOLDER_NAMES  # noqa: E402
 from bench_long import SCALE, verdict  # noqa: E402
 from bench_null import jittered  # noqa: E402
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import RESULTS, check_data, regenerate, run_one, run_pool, shipped_defaults, shipped_pike, write_results  # noqa: E402
+from runs import (  # noqa: E402
+    RESULTS,
+    add_run_arguments,
+    check_data,
+    regenerate,
+    run_one,
+    run_pool,
+    shipped_defaults,
+    shipped_pike,
+    write_results,
+)
 
 __all__ = ["STUDIES", "analyse", "arm_specs", "main", "write_report"]
 
@@ -177,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("corpus", choices=sorted(STUDIES))
     parser.add_argument("--data", help="the corpus's mds/ folder (bench/corpora.py CORPUS OUT)")
-    parser.add_argument("--work", default="pike-long-corpora-runs")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
-    parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
-    parser.add_argument("--out", default=str(RESULTS))
+    add_run_arguments(parser, "pike-long-corpora-runs")
     args = parser.parse_args(argv)
     out, corpus = Path(args.out), args.corpus
     if regenerate(args, f"long_{corpus}", write_report):
@@ -192,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                for seed in STUDIES[corpus]["seeds"] for spec in arm_specs(corpus, seed)]
     runs = [f.result() for f in futures]
     pool.shutdown()
-    folder = {"unequal": "UNEQUAL", "multilingual": "MULTI"}[corpus]
-    result = {"command": f"python bench/bench_long_corpora.py {corpus} --data {folder}/mds --work RUNS "
+    result = {"command": f"python bench/bench_long_corpora.py {corpus} --data {FOLDER_NAMES[corpus]}/mds --work RUNS "
                          f"--jobs {args.jobs}",
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "corpus": corpus,
               "scale": SCALE, "steps": STEPS, "lr": LR, "shipped_defaults": shipped_defaults(), "runs": runs}

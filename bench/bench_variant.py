@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from corpora import CORPORA  # noqa: E402
 from curves import final_losses, fmt_spread  # noqa: E402
-from runs import LR, RESULTS, check_data, regenerate, run_one, run_pool, shipped_pike, write_results  # noqa: E402
+from runs import LR, RESULTS, add_run_arguments, check_data, regenerate, run_one, run_pool, shipped_pike, write_results  # noqa: E402
 
 __all__ = ["BENCHMARKS", "VARIANTS", "add_corpus_arguments", "analyse", "corpus_folders", "lr_option", "main",
            "write_report"]
@@ -177,10 +177,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, work: str) -> None:
     run folder, parallel jobs, report-only and the output folder."""
     parser.add_argument("--headroom", help="the headroom corpus's mds/ folder (bench/corpora.py headroom)")
     parser.add_argument("--unequal", help="the unequal corpus's mds/ folder (bench/corpora.py unequal)")
-    parser.add_argument("--work", default=work)
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
-    parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
-    parser.add_argument("--out", default=str(RESULTS))
+    add_run_arguments(parser, work)
 
 
 def lr_option(name: str) -> dict[str, float]:

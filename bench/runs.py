@@ -162,15 +162,22 @@ def shipped_pike() -> dict[str, Any]:
     return {"strategy": "pike", "warmup_steps": DEFAULT_UPDATE_INTERVAL, **shipped_defaults()}
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, work: str, seeds: str) -> None:
-    """The options every PiKE benchmark takes: run folder, length, seeds, parallel jobs, report-only, output."""
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), work))
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--eval-every", type=int, default=40)
-    parser.add_argument("--seeds", default=seeds, help="held-out seeds, comma-separated")
+def add_run_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """The options of every benchmark that trains runs: run folder (default ``work``), parallel jobs,
+    report-only and the output folder."""
+    parser.add_argument("--work", default=work)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each single-threaded in its own process")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON in --out")
     parser.add_argument("--out", default=str(RESULTS))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, work: str, seeds: str) -> None:
+    """The options every PiKE benchmark takes: :func:`add_run_arguments` (run folder under the temporary
+    folder), length and seeds."""
+    add_run_arguments(parser, os.path.join(tempfile.gettempdir(), work))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=40)
+    parser.add_argument("--seeds", default=seeds, help="held-out seeds, comma-separated")
     parser.add_argument("--cache-from", metavar="JSON",
                         help="a results JSON whose runs fill --work first (runs with the same spec are not rerun)")
 

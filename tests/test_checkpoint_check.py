@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from pike_stream.train.checkpoint_check import (
-    VALIDATION_VARIABLE,
     VERIFIER,
     CorruptCheckpointError,
     use_checkpoint_verification,
     verify_checkpoint,
 )
+from pike_stream.train.composer_compat import CHECKPOINT_VALIDATION_VARIABLE
 from tests.checkpoints import flip_a_tensor_byte
 
 
@@ -69,9 +69,9 @@ def test_composer_calls_the_check_and_a_users_own_validation_function_is_kept(
 
     path = tmp_path / "ck.pt"
     path.write_bytes(flip_a_tensor_byte(_saved(path)))
-    monkeypatch.delenv(VALIDATION_VARIABLE, raising=False)
-    assert use_checkpoint_verification() is True and os.environ[VALIDATION_VARIABLE] == VERIFIER
+    monkeypatch.delenv(CHECKPOINT_VALIDATION_VARIABLE, raising=False)
+    assert use_checkpoint_verification() is True and os.environ[CHECKPOINT_VALIDATION_VARIABLE] == VERIFIER
     with pytest.raises(CorruptCheckpointError):
         safe_torch_load(str(path))
-    monkeypatch.setenv(VALIDATION_VARIABLE, "mine.check")
-    assert use_checkpoint_verification() is False and os.environ[VALIDATION_VARIABLE] == "mine.check"
+    monkeypatch.setenv(CHECKPOINT_VALIDATION_VARIABLE, "mine.check")
+    assert use_checkpoint_verification() is False and os.environ[CHECKPOINT_VALIDATION_VARIABLE] == "mine.check"

@@ -17,12 +17,11 @@ from pathlib import Path
 
 from pike_stream.train.composer_compat import CHECKPOINT_VALIDATION_VARIABLE
 
-__all__ = ["VALIDATION_VARIABLE", "VERIFIER", "CorruptCheckpointError", "use_checkpoint_verification",
+__all__ = ["VERIFIER", "CorruptCheckpointError", "use_checkpoint_verification",
            "verify_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-VALIDATION_VARIABLE = CHECKPOINT_VALIDATION_VARIABLE
 VERIFIER = f"{__name__}.verify_checkpoint"
 
 
@@ -62,8 +61,9 @@ def verify_checkpoint(path: str | Path, specs: list[tuple[int, int]] | None = No
 def use_checkpoint_verification() -> bool:
     """Have Composer call :func:`verify_checkpoint` on every checkpoint it loads in this process (and its
     children). A validation function the user set is kept (with a log line); returns whether ours is used."""
-    current = os.environ.setdefault(VALIDATION_VARIABLE, VERIFIER)
+    current = os.environ.setdefault(CHECKPOINT_VALIDATION_VARIABLE, VERIFIER)
     if current != VERIFIER:
-        log.info("%s=%s is set: checkpoints are checked by it, not by %s", VALIDATION_VARIABLE, current, VERIFIER)
+        log.info("%s=%s is set: checkpoints are checked by it, not by %s", CHECKPOINT_VALIDATION_VARIABLE, current,
+                 VERIFIER)
         return False
     return True
