@@ -7,7 +7,8 @@ the three Ctrl-C tests are the README's Troubleshooting table: keep the two in s
 
 Ctrl-C is sent as a terminal sends it, to the command's whole process group. What the interrupted command
 printed before it (its own timestamped progress log, tqdm's progress bar, Python warnings of the libraries
-it uses) is filtered out explicitly by :func:`_message_lines`; the message is then the only line left.
+it uses, and torch's C++ warnings such as the one its garbage collector may print while Composer builds a
+Trainer) is filtered out explicitly by :func:`_message_lines`; the message is then the only line left.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def test_a_mistake_is_one_line(world: SimpleNamespace, case: tuple) -> None:
 _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (pike-stream|rank\d+) pike_stream[\w.]*: ")  # our progress log
 _TQDM = re.compile(r"^(convert|Downloading) \S+:")  # the converter's and Composer's checkpoint download's progress bars
 _WARNING = re.compile(r"^\S+\.py:\d+: \w*Warning: ")  # Python warnings (Composer's), and their next lines
+_TORCH_WARNING = re.compile(r"^(\[rank\d+\]:)?\[W\d{4} [\d:.]+ \S+\] Warning: ")  # torch's C++ warnings (c10 log)
 
 
 def _message_lines(err: str) -> list[str]:
@@ -203,7 +205,7 @@ def _message_lines(err: str) -> list[str]:
     that was downloading a checkpoint."""
     lines, in_warning = [], False
     for line in re.split(r"[\r\n]+", err):
-        if not line.strip() or _LOG_LINE.match(line) or _TQDM.match(line):
+        if not line.strip() or _LOG_LINE.match(line) or _TQDM.match(line) or _TORCH_WARNING.match(line):
             in_warning = False
             continue
         if _WARNING.match(line):
@@ -214,6 +216,18 @@ def _message_lines(err: str) -> list[str]:
         in_warning = False
         lines.append(line)
     return lines
+
+
+def test_message_lines_drops_known_noise_and_keeps_every_other_line() -> None:
+    err = ("06:00:18 pike-stream pike_stream.train.builder: training 8 steps\n"
+           "[rank0]:[W1207 06:00:19.081714406 PyInterpreter.cpp:263] Warning: Deallocating Tensor that still has "
+           "live PyObject references. (function decref)\n"
+           "/site-packages/composer/trainer.py:243: UserWarning: something\n  warnings.warn((\n"
+           "Downloading checkpoints/x/ep0-ba4-rank0.pt:   3%|  | 9.25k/271k\r"
+           "pike-stream train: error: checkpoint s3://b/x.pt is corrupt\n"
+           "[W1207 06:00:19] an unexpected line\n")
+    assert _message_lines(err) == ["pike-stream train: error: checkpoint s3://b/x.pt is corrupt",
+                                   "[W1207 06:00:19] an unexpected line"]
 
 
 def _interrupt_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240) -> tuple[str, str]:
