@@ -75,3 +75,27 @@ def test_composer_calls_the_check_and_a_users_own_validation_function_is_kept(
         safe_torch_load(str(path))
     monkeypatch.setenv(CHECKPOINT_VALIDATION_VARIABLE, "mine.check")
     assert use_checkpoint_verification() is False and os.environ[CHECKPOINT_VALIDATION_VARIABLE] == "mine.check"
+
+
+def test_composer_loading_a_corrupt_checkpoint_names_it_and_not_its_temporary_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Composer checks the copy it made in a temporary folder (``rank0_checkpoint``); the error names the file the
+    load was asked for, formatted for rank 0 (``composer_compat.checkpoint_being_loaded``)."""
+    from composer.core import State
+    from composer.devices import DeviceCPU
+    from composer.loggers import Logger
+    from composer.models import ComposerClassifier
+    from composer.utils.checkpoint import load_checkpoint
+
+    from pike_stream.train.composer_compat import checkpoint_being_loaded
+
+    path = tmp_path / "ep0-ba4-rank0.pt"
+    path.write_bytes(flip_a_tensor_byte(_saved(path)))
+    monkeypatch.setenv(CHECKPOINT_VALIDATION_VARIABLE, VERIFIER)
+    state = State(model=ComposerClassifier(torch.nn.Linear(2, 2), num_classes=2), rank_zero_seed=0, run_name="r",
+                  device=DeviceCPU())
+    with pytest.raises(CorruptCheckpointError) as caught:
+        load_checkpoint(str(tmp_path / "ep0-ba4-rank{rank}.pt"), state, Logger(state), progress_bar=False)
+    assert caught.value.path == str(path)
+    assert str(caught.value).startswith(f"checkpoint {path} is corrupt: its record ")
+    assert checkpoint_being_loaded() is None  # outside Composer's loader

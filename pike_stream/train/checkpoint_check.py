@@ -5,6 +5,8 @@ checkpoint with flipped bytes (a bad disk, a bad transfer, an object damaged in 
 with wrong weights or optimizer state. Composer calls the function named by its
 ``CHECKPOINT_VALIDATION_FUNCTION`` environment variable on every checkpoint file it loads, local or
 downloaded; :func:`verify_checkpoint` is that function. It reads the file once (as ``torch.load`` then does).
+Composer passes it the temporary copy it made; the error names the checkpoint the user gave or autoresume
+found (its path or ``s3://`` URI) instead.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from pike_stream.train.composer_compat import CHECKPOINT_VALIDATION_VARIABLE
+from pike_stream.train.composer_compat import CHECKPOINT_VALIDATION_VARIABLE, checkpoint_being_loaded
 
 __all__ = ["VERIFIER", "CorruptCheckpointError", "use_checkpoint_verification",
            "verify_checkpoint"]
@@ -41,9 +43,10 @@ class CorruptCheckpointError(ValueError):
 
 
 def verify_checkpoint(path: str | Path, specs: list[tuple[int, int]] | None = None) -> bool:
-    """Composer's checkpoint validation function: True, or :class:`CorruptCheckpointError` naming the first
-    record whose bytes fail their CRC-32. A file that is not a zip archive (a legacy or tar checkpoint) is
-    left to the loader. ``specs`` (byte ranges Composer may ask about) is not needed: every record is read."""
+    """Composer's checkpoint validation function: True, or :class:`CorruptCheckpointError` naming the checkpoint
+    (the one Composer is loading, else ``path``) and the first record whose bytes fail their CRC-32. A file that
+    is not a zip archive (a legacy or tar checkpoint) is left to the loader. ``specs`` (byte ranges Composer may
+    ask about) is not needed: every record is read."""
     del specs
     path = str(path)
     if not zipfile.is_zipfile(path):
@@ -52,9 +55,9 @@ def verify_checkpoint(path: str | Path, specs: list[tuple[int, int]] | None = No
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, EOFError, zlib.error) as error:  # a damaged record header or stream
-        raise CorruptCheckpointError(path, f"({error})") from error
+        raise CorruptCheckpointError(checkpoint_being_loaded() or path, f"({error})") from error
     if bad is not None:
-        raise CorruptCheckpointError(path, bad)
+        raise CorruptCheckpointError(checkpoint_being_loaded() or path, bad)
     return True
 
 

@@ -4,17 +4,21 @@ Each is guarded: on a Composer version without the attribute, the function does 
 then is Composer's own), and ``tests/test_composer_compat.py`` checks that Composer 0.32 still has them.
 :data:`CHECKPOINT_VALIDATION_VARIABLE` is read by a private function of Composer's checkpoint loader; a
 Composer without it would not call the check (``tests/test_checkpoint_check.py`` checks that it does).
+:func:`checkpoint_being_loaded` reads the ``path`` argument of Composer's ``load_checkpoint`` from its stack frame
+and formats it with Composer's private ``_format_path_with_rank_zero``; without them it returns None or the
+unformatted path, and the check names Composer's copy (``tests/test_checkpoint_check.py`` checks it does not).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import sys
 from typing import Any
 
 __all__ = ["CHECKPOINT_VALIDATION_VARIABLE", "SYMLINK_RETRY_SECONDS", "check_latest_symlink_often",
-           "check_saver_latest_symlink_often", "checkpoint_uploaders", "close_checkpoint_uploader",
-           "close_orphaned_checkpoint_uploaders"]
+           "check_saver_latest_symlink_often", "checkpoint_being_loaded", "checkpoint_uploaders",
+           "close_checkpoint_uploader", "close_orphaned_checkpoint_uploaders"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,29 @@ SYMLINK_RETRY_SECONDS = 2.0
 CHECKPOINT_VALIDATION_VARIABLE = "CHECKPOINT_VALIDATION_FUNCTION"
 """The environment variable in which Composer's checkpoint loader looks for ``module.function`` to call on every
 checkpoint file before loading it (``composer.utils.checkpoint._get_checkpoint_validation_function``)."""
+
+
+def checkpoint_being_loaded() -> str | None:
+    """The checkpoint (path or URI, formatted for rank 0) that Composer's ``load_checkpoint`` is loading, or None
+    when called from outside it.
+
+    Composer hands its checkpoint validation function only the copy it downloaded to a temporary folder
+    (``…/rank0_checkpoint``), whichever trainer built it (``pike-stream train``, llm-foundry's). The path the user
+    named is ``load_checkpoint``'s ``path`` argument, read here from its frame on the call stack.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "load_checkpoint" and frame.f_globals.get("__name__") == "composer.utils.checkpoint":
+            path = frame.f_locals.get("path")
+            if not isinstance(path, str):
+                return None
+            try:  # a {rank} in the path: every rank of an unsharded checkpoint loads rank 0's file
+                from composer.utils.checkpoint import _format_path_with_rank_zero
+                return _format_path_with_rank_zero(path)
+            except (ImportError, KeyError, IndexError, ValueError):
+                return path
+        frame = frame.f_back
+    return None
 
 
 def check_latest_symlink_often(trainer: Any) -> bool:
