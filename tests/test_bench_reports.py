@@ -17,6 +17,7 @@ import bench_corpora as bcorp  # noqa: E402
 import bench_headroom as bh  # noqa: E402
 import bench_long as blong  # noqa: E402
 import bench_long_corpora as blc  # noqa: E402
+import bench_long_variance as blv  # noqa: E402
 import bench_noise as bn  # noqa: E402
 import bench_null as bnull  # noqa: E402
 import bench_spread as bs  # noqa: E402
@@ -245,7 +246,7 @@ def test_the_longer_runs_noise_floor_is_regenerated_exactly_and_trains_both_arms
             assert jittered[seed]["spec"] == bnull.null_spec(run["spec"], bench["domains"])
             assert run["steps"] == jittered[seed]["steps"] == bench["steps"] * scale
     for other in RESULTS.glob("*.json"):
-        if other.name not in ("null_x3.json", "long.json"):  # long.json reuses these runs (checked there)
+        if other.name not in ("null_x3.json", "long.json", "long_variance.json"):  # they reuse its runs (checked)
             assert not any(f'"seed":{s},' in other.read_text().replace(" ", "") for s in (60, 61, 62, 63)), other.name
 
 
@@ -279,6 +280,30 @@ def test_the_long_runs_study_is_regenerated_exactly_reuses_the_null_runs_and_cho
         assert all(sorted(seeds) == list(blong.SEEDS) for seeds in by_arm.values())
         uniform_best = np.ptp(list(corpus["best_static"].values())) < 1e-9
         assert ("best_static" in by_arm) != uniform_best
+
+
+def test_the_variance_ablation_is_regenerated_exactly_reuses_long_json_and_runs_new_seeds(tmp_path: Path) -> None:
+    result = json.loads((RESULTS / "long_variance.json").read_text())
+    blv.write_report(result, tmp_path)
+    assert (tmp_path / "long_variance.md").read_text() == (RESULTS / "long_variance.md").read_text()
+    assert result["shipped_defaults"] == runs.shipped_defaults()
+    long = json.loads((RESULTS / "long.json").read_text())
+    assert sorted(result["corpora"]) == sorted(blv.STUDIES)
+    for corpus, study in result["corpora"].items():
+        assert result["steps"][corpus] == long["steps"][corpus] == bv.BENCHMARKS[corpus]["steps"] * blong.SCALE
+        assert sorted(r["spec"]["name"] for r in study["runs"]) == sorted(s["name"] for s in blv.specs(corpus))
+        assert all(r["spec"] in blv.specs(corpus) and r["steps"] == result["steps"][corpus] for r in study["runs"])
+        committed = long["corpora"][corpus]["heldout"]
+        expected = {"uniform": {"strategy": "uniform"}, "uniform_jitter": {"strategy": "uniform"},
+                    "pike": runs.shipped_pike(), "pike_zeta2_0": {**runs.shipped_pike(), "zeta2": 0.0}}
+        for run in study["runs"]:
+            assert run["spec"]["pike"] == expected[run["spec"]["arm"]]
+            if run["spec"]["arm"] in blv.STUDIES[corpus]["reused"]:
+                assert run in committed, f"{run['spec']['name']} is long.json's run, not rerun"
+    for other in RESULTS.glob("*.json"):  # the noise corpus's seeds are new
+        if other.name != "long_variance.json":
+            text = other.read_text().replace(" ", "")
+            assert not any(f'"seed":{s},' in text for s in blv.STUDIES["noise"]["seeds"]), other.name
 
 
 def test_the_long_runs_verdict_needs_every_seed_and_a_mean_past_the_null_floor() -> None:
