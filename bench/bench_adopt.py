@@ -17,12 +17,17 @@ objective). The variant becomes the default of ``pike`` only if the mean of ``d`
 zero and no corpus's ``d`` is above that corpus's null floor (the mean absolute jittered − uniform difference of
 ``null.json``): better on the whole, and worse nowhere by more than a change of mixture that changes nothing.
 
+Studies run so far (each variant's protocol is this rule, committed before its runs): ``cross_terms``;
+``zeta2_0``, the paper's variance ablation, after ``bench/results/long_variance.md`` found it lowering the noise
+domain's weight late in long runs and the average loss on every seed, by less than the null floor.
+
 The tuning seeds run no uniform arm: the rule does not use it. **Held-out seeds 50, 51 and 52** (validation
 split, chosen before any run), whatever the rule decides: uniform, the shipped PiKE and the variant on each
 corpus, paired per seed (same initialisation and sample orders). Balanced-PiKE is not part of the decision.
 
-Runs with a committed spec (``bench/results/*.json`` of :data:`bench_variant.BENCHMARKS` and the variant's study)
-are reused, not rerun. Writes ``bench/results/adopt_VARIANT.json`` and ``.md``; finished runs stay in ``WORK/``.
+Runs with a committed spec (``bench/results/*.json`` of :data:`bench_variant.BENCHMARKS`, the variant's study and
+every committed ``adopt_*.json``: the uniform and shipped arms of one adoption study are those of the next) are
+reused, not rerun. Writes ``bench/results/adopt_VARIANT.json`` and ``.md``; finished runs stay in ``WORK/``.
 """
 
 from __future__ import annotations
@@ -79,12 +84,17 @@ def _key(spec: dict[str, Any]) -> str:
 
 
 def known_runs(name: str, variant: str, results: Path = RESULTS) -> dict[str, dict[str, Any]]:
-    """The committed runs of a corpus (its benchmark and the variant's one-seed study), by :func:`_key`."""
+    """The committed runs of a corpus (its benchmark, the variant's one-seed study and every adoption study), by
+    :func:`_key`."""
     runs = committed_runs(name, results)
     study = results / f"{variant}.json"
     if study.exists():
         result = json.loads(study.read_text())
         runs += list(result["tuning"].get(name, {}).values()) + result["heldout"].get(name, [])
+    for adoption in sorted(results.glob("adopt_*.json")):
+        result = json.loads(adoption.read_text())
+        runs += [run for phase in ("tuning", "heldout") for arms in result[phase].get(name, {}).values()
+                 for run in arms.values()]
     return {_key(r["spec"]): r for r in runs}
 
 

@@ -13,6 +13,8 @@ Variants (:data:`VARIANTS`; everything else is the library's shipped PiKE):
   of the whole objective, ``Σ_k ⟨∇L_j, ∇L_k⟩``, instead of ``‖∇L_j‖²`` alone (``pike_stream/strategies/pike.py:
   gains``); the paper drops the cross terms under low conflict, but the benchmarks' domains share structure
   (averaged cosines of 0.3–0.9 between related domains).
+- ``zeta2_0``: ``zeta2: 0``, the paper's variance ablation: no ``−(ζ2/2b)·S`` term in the exponent. Judged by
+  ``bench/bench_adopt.py`` only (``bench/results/long_variance.md`` is why).
 
 **The rule, fixed before any run with a variant.** On tuning seed 0, scored on the training split, the shipped
 PiKE runs with and without the variant on the headroom corpus (``en``, ``code``, ``dup``, ``noise``; lr 3e-3,
@@ -72,6 +74,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                     "title": "PiKE with the cross-domain terms of its gradient term (`cross_terms: true`)",
                     "about": "Shipped PiKE (the paper's gradient term ‖∇L_j‖²) and `cross_terms: true` (the "
                              "alignment Σ_k ⟨∇L_j, ∇L_k⟩ with the whole objective's gradient)."},
+    "zeta2_0": {"options": {"zeta2": 0.0}, "tag": "z2zero",
+                "title": "PiKE without its variance term (`zeta2: 0`, the paper's ablation)",
+                "about": "Shipped PiKE (exponent `ζ1·G − (ζ2/2b)·S`) and `zeta2: 0` (exponent `ζ1·G`: the variance "
+                         "term dropped, every other option shipped)."},
 }
 """The variants this benchmark judges: the PiKE options each adds, and the tag of its runs' names and arms."""
 
