@@ -64,7 +64,7 @@ test: lint install-foundry
 test-foundry: install-foundry
 	$(FBIN)/python -m pytest -q tests/test_foundry.py tests/test_wandb.py
 
-# The benchmarks (by hand, about 3 hours on 2 cores): each writes JSON to bench/results/; the PiKE reports
+# The benchmarks (by hand, many hours on 2 cores; the README gives each one's time): each writes JSON to bench/results/; the PiKE reports
 # (bench/results/headroom.md, noise.md, corpora.md, metric.md, …) are generated from their JSON.
 bench: install
 	$(BIN)/python bench/bench_convert.py
@@ -99,6 +99,9 @@ bench: install
 	$(BIN)/python bench/bench_long_corpora.py unequal --data $(DATA)/unequal/mds --work $(DATA)/long-unequal-runs --jobs 2
 	$(BIN)/python bench/bench_long_corpora.py multilingual --data $(DATA)/multilingual/mds --work $(DATA)/long-multilingual-runs \
 		--jobs 2
+	$(BIN)/python bench/bench_long_variance.py --headroom $(DATA)/headroom/mds --work $(DATA)/long-variance-runs --jobs 2
+	$(BIN)/python bench/bench_adopt.py zeta2_0 --headroom $(DATA)/headroom/mds --unequal $(DATA)/unequal/mds \
+		--work $(DATA)/adopt-runs --jobs 2
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m 'not slow'

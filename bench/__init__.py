@@ -14,6 +14,8 @@ The PiKE benchmarks: ``bench_headroom.py`` (four domains, a memorised one among 
 (the noise benchmark's seed-to-seed spread, which picks its learning rate), ``bench_noise.py`` (en, code and
 noise), ``bench_corpora.py`` (multilingual and unequal corpora), ``bench_overhead.py`` (PiKE's cost per step);
 the noise floor of a paired comparison, ``bench_null.py``; the same questions in runs three times as long,
-``bench_long.py`` (noise and headroom corpora) and ``bench_long_corpora.py`` (unequal and multilingual).
+``bench_long.py`` (noise and headroom corpora) and ``bench_long_corpora.py`` (unequal and multilingual), and
+PiKE's variance term at that length, ``bench_long_variance.py``; whether a variant of PiKE becomes its default,
+``bench_variant.py`` (one tuning seed) and ``bench_adopt.py`` (three).
 The data path: ``bench_mixer.py``, ``bench_cache.py``, ``bench_load.py``, ``bench_convert.py``.
 """
