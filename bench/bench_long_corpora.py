@@ -55,7 +55,7 @@ from bench_corpora import BALANCED_TAU, FOLDER_NAMES  # noqa: E402
 from bench_long import SCALE, verdict  # noqa: E402
 from bench_null import jittered  # noqa: E402
 from corpora import CORPORA  # noqa: E402
-from curves import final_losses, fmt_spread  # noqa: E402
+from curves import final_losses, fmt_spread, per_domain_table  # noqa: E402
 from runs import (  # noqa: E402
     RESULTS,
     add_run_arguments,
@@ -172,10 +172,7 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
             f"{', '.join(f'{x:+.4f}' for x in t['diff_avg'])} | {fmt_spread(t['diff_avg'])} | {t['verdict_avg']} | "
             f"{', '.join(f'{x:.4f}' for x in t['final_worst'])} | {fmt_spread(t['diff_worst'])} | "
             f"{t['verdict_worst']} | {'' if w is None else ' / '.join(f'{x:.2f}' for x in w)} |")
-    lines += ["", "Per-domain final validation loss, mean over the seeds:", "",
-              "| arm | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
-    for arm, t in a["table"].items():
-        lines.append(f"| {arm} | " + " | ".join(f"{t['final_per_domain'][d]:.3f}" for d in domains) + " |")
+    lines += per_domain_table({arm: t["final_per_domain"] for arm, t in a["table"].items()}, domains)
     lines += ["", "Goals:", ""]
     for goal, g in a["goals"].items():
         lines.append(f"- **{goal}**: {'met' if g['met'] else 'NOT met'} — {g['detail']}")

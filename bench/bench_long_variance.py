@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 from bench_long import SCALE, heldout_spec, verdict  # noqa: E402
 from bench_null import jittered  # noqa: E402
 from bench_variant import BENCHMARKS, add_corpus_arguments, corpus_folders  # noqa: E402
-from curves import final_losses, fmt_spread  # noqa: E402
+from curves import final_losses, fmt_spread, per_domain_table  # noqa: E402
 from runs import RESULTS, regenerate, run_one, run_pool, shipped_defaults, shipped_pike, write_results  # noqa: E402
 
 __all__ = ["ARMS", "STUDIES", "analyse", "main", "specs", "write_report"]
@@ -151,10 +151,7 @@ def write_report(result: dict[str, Any], out: Path = RESULTS) -> None:
                 f"{', '.join(f'{x:+.4f}' for x in t['diff_avg'])} | {fmt_spread(t['diff_avg'])} | {t['verdict']} | "
                 f"{fmt_spread(t['diff_worst'])} | {', '.join(f'{w:.3f}' for w in t['noise_second_half_mean'])} | "
                 f"{', '.join(f'{w:.3f}' for w in t['noise_after_first_quarter_max'])} |")
-        lines += ["", "Per-domain final validation loss, mean over the seeds:", "",
-                  "| arm | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
-        for arm, t in row["table"].items():
-            lines.append(f"| {arm} | " + " | ".join(f"{t['per_domain'][d]:.3f}" for d in domains) + " |")
+        lines += per_domain_table({arm: t["per_domain"] for arm, t in row["table"].items()}, domains)
         lines += ["", f"`pike_zeta2_0` − `pike` per seed: {', '.join(f'{x:+.4f}' for x in row['zeta2_0_minus_pike'])}"
                   f" = {fmt_spread(row['zeta2_0_minus_pike'])}: {row['zeta2_0_vs_pike']} (the same rule, with "
                   "`pike` in place of uniform).", "", "Predictions:", ""]

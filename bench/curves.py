@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["avg_curve", "final_losses", "fmt_spread", "per_domain_and_goal_lines", "plot_curves_and_weights",
-           "steps_to_reach", "worst_curve"]
+__all__ = ["avg_curve", "final_losses", "fmt_spread", "per_domain_and_goal_lines", "per_domain_table",
+           "plot_curves_and_weights", "steps_to_reach", "worst_curve"]
 
 
 def avg_curve(run: dict[str, Any]) -> np.ndarray:
@@ -48,16 +48,20 @@ def fmt_spread(values: list[float]) -> str:
     return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
 
 
+def per_domain_table(means: dict[str, dict[str, float]], domains: tuple[str, ...],
+                     over: str = "the seeds") -> list[str]:
+    """A report's per-domain table: each arm's final validation loss per domain, a mean over ``over``."""
+    return ["", f"Per-domain final validation loss, mean over {over}:", "",
+            "| arm | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains),
+            *(f"| {arm} | " + " | ".join(f"{row[d]:.3f}" for d in domains) + " |" for arm, row in means.items())]
+
+
 def per_domain_and_goal_lines(result: dict[str, Any], arms: list[str], domains: tuple[str, ...],
                               goals: dict[str, Any]) -> list[str]:
     """The report's per-domain table (final validation loss, mean over the held-out seeds) and its goals."""
-    lines = ["", "Per-domain final validation loss, mean over the held-out seeds:", "",
-             "| arm | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
-    for arm in arms:
-        runs = [r for r in result["heldout"] if r["spec"]["arm"] == arm]
-        lines.append(f"| {arm} | " + " | ".join(f"{np.mean([r['val_loss'][d][-1] for r in runs]):.3f}"
-                                                for d in domains) + " |")
-    lines += ["", "## Goals", ""]
+    means = {arm: {d: float(np.mean([r["val_loss"][d][-1] for r in result["heldout"] if r["spec"]["arm"] == arm]))
+                   for d in domains} for arm in arms}
+    lines = per_domain_table(means, domains, "the held-out seeds") + ["", "## Goals", ""]
     for name, goal in goals.items():
         lines.append(f"- **{name}**: {'met' if goal['met'] else 'NOT met'} — {goal['detail']}")
     return lines
