@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from bench_noise import NOISE_SHARES  # noqa: E402
 from bench_variant import BENCHMARKS, add_corpus_arguments, corpus_folders, lr_option  # noqa: E402
-from curves import avg_curve, final_losses, fmt_spread, steps_to_reach  # noqa: E402
+from curves import avg_curve, by_arm, final_losses, fmt_spread, null_floor, paired_diffs, steps_to_reach  # noqa: E402
 from runs import RESULTS, regenerate, run_one, run_pool, shipped_defaults, shipped_pike, write_results  # noqa: E402
 
 __all__ = ["CORPORA", "analyse", "main", "static_grid", "verdict", "write_report"]
@@ -105,17 +105,14 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     for name, corpus in result["corpora"].items():
         domains = BENCHMARKS[name]["domains"]
         noise = domains.index("noise")
-        by_arm: dict[str, dict[int, dict[str, Any]]] = {}
-        for run in corpus["heldout"]:
-            by_arm.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
-        uniform = by_arm["uniform"]
+        by = by_arm(corpus["heldout"])
+        uniform = by["uniform"]
         seeds = sorted(uniform)
-        floor = float(np.mean([abs(final_losses(by_arm["uniform_jitter"][s])[0] - final_losses(uniform[s])[0])
-                               for s in seeds]))
+        floor = null_floor(by, seeds)
         table = {}
-        for arm in [a for a in ARMS if a in by_arm]:
-            runs = [by_arm[arm][s] for s in seeds]
-            diffs = [final_losses(r)[0] - final_losses(uniform[s])[0] for r, s in zip(runs, seeds)]
+        for arm in [a for a in ARMS if a in by]:
+            runs = [by[arm][s] for s in seeds]
+            diffs = paired_diffs(by, arm, seeds)
             ratios = []
             for r, s in zip(runs, seeds):
                 target = final_losses(uniform[s])[0]
@@ -128,7 +125,7 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
                     w, steps = np.array(r["weights"]), np.array(r["weight_steps"])
                     late_noise.append(float(w[steps > result["steps"][name] / 4, noise].max()))
             table[arm] = {"final_avg": [final_losses(r)[0] for r in runs], "diff_avg": diffs,
-                          "diff_worst": [final_losses(r)[1] - final_losses(uniform[s])[1] for r, s in zip(runs, seeds)],
+                          "diff_worst": paired_diffs(by, arm, seeds, score=1),
                           "step_ratio": ratios, "late_noise_weight_max": late_noise,
                           "verdict": verdict(diffs, floor) if arm != "uniform" else "",
                           "wall_seconds": float(np.mean([r["wall_seconds"] for r in runs]))}

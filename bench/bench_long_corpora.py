@@ -55,7 +55,7 @@ from bench_corpora import BALANCED_TAU, FOLDER_NAMES  # noqa: E402
 from bench_long import SCALE, verdict  # noqa: E402
 from bench_null import jittered  # noqa: E402
 from corpora import CORPORA  # noqa: E402
-from curves import final_losses, fmt_spread, per_domain_table  # noqa: E402
+from curves import by_arm, final_losses, fmt_spread, null_floor, paired_diffs, per_domain_table  # noqa: E402
 from runs import (  # noqa: E402
     RESULTS,
     add_run_arguments,
@@ -106,28 +106,21 @@ def arm_specs(corpus: str, seed: int) -> list[dict[str, Any]]:
 def analyse(result: dict[str, Any]) -> dict[str, Any]:
     """Each arm's final scores and paired differences per seed, the null floors, verdicts and the goals."""
     corpus = result["corpus"]
-    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
-    for run in result["runs"]:
-        by_arm.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
-    uniform = by_arm["uniform"]
-    seeds = sorted(uniform)
-
-    def diffs(arm: str, score: int) -> list[float]:
-        return [final_losses(by_arm[arm][s])[score] - final_losses(uniform[s])[score] for s in seeds]
-
-    floors = {name: float(np.mean(np.abs(diffs("uniform_jitter", i)))) for name, i in SCORES.items()}
+    runs = by_arm(result["runs"])
+    seeds = sorted(runs["uniform"])
+    floors = {name: null_floor(runs, seeds, i) for name, i in SCORES.items()}
     table: dict[str, Any] = {}
     for arm in arms(corpus):
-        row: dict[str, Any] = {"final_weights": [by_arm[arm][s]["weights"][-1] if by_arm[arm][s]["weights"]
+        row: dict[str, Any] = {"final_weights": [runs[arm][s]["weights"][-1] if runs[arm][s]["weights"]
                                                  else None for s in seeds]}
         for name, i in SCORES.items():
-            d = diffs(arm, i)
-            row[f"final_{name}"] = [final_losses(by_arm[arm][s])[i] for s in seeds]
+            d = paired_diffs(runs, arm, seeds, i)
+            row[f"final_{name}"] = [final_losses(runs[arm][s])[i] for s in seeds]
             row[f"diff_{name}"] = d
             row[f"verdict_{name}"] = verdict(d, floors[name]) if arm != "uniform" else ""
-        row["final_per_domain"] = {d: float(np.mean([by_arm[arm][s]["val_loss"][d][-1] for s in seeds]))
+        row["final_per_domain"] = {d: float(np.mean([runs[arm][s]["val_loss"][d][-1] for s in seeds]))
                                    for d in CORPORA[corpus]}
-        row["wall_seconds"] = float(np.mean([by_arm[arm][s]["wall_seconds"] for s in seeds]))
+        row["wall_seconds"] = float(np.mean([runs[arm][s]["wall_seconds"] for s in seeds]))
         table[arm] = row
     spread = float(np.std(table["uniform"]["final_avg"], ddof=1))
     pike_mean = float(np.mean(table["pike"]["diff_avg"]))

@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 from bench_long import SCALE, heldout_spec, verdict  # noqa: E402
 from bench_null import jittered  # noqa: E402
 from bench_variant import BENCHMARKS, add_corpus_arguments, corpus_folders  # noqa: E402
-from curves import final_losses, fmt_spread, per_domain_table  # noqa: E402
+from curves import by_arm, final_losses, fmt_spread, null_floor, paired_diffs, per_domain_table  # noqa: E402
 from runs import RESULTS, regenerate, run_one, run_pool, shipped_defaults, shipped_pike, write_results  # noqa: E402
 
 __all__ = ["ARMS", "STUDIES", "analyse", "main", "specs", "write_report"]
@@ -95,23 +95,21 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     for corpus, study in result["corpora"].items():
         domains = BENCHMARKS[corpus]["domains"]
         noise, steps = domains.index("noise"), result["steps"][corpus]
-        by = {(r["spec"]["arm"], r["spec"]["seed"]): r for r in study["runs"]}
-        seeds = sorted({seed for _, seed in by})
-        avg = {arm: [final_losses(by[arm, s])[0] for s in seeds] for arm in ARMS}
-        worst = {arm: [final_losses(by[arm, s])[1] for s in seeds] for arm in ARMS}
-        floor = float(np.mean(np.abs(np.subtract(avg["uniform_jitter"], avg["uniform"]))))
+        by = by_arm(study["runs"])
+        seeds = sorted(by["uniform"])
+        floor = null_floor(by, seeds)
         table = {}
         for arm in ARMS:
-            diffs = list(np.subtract(avg[arm], avg["uniform"]))
-            late = [_noise_weights(by[arm, s], noise, steps) for s in seeds]
-            table[arm] = {"final_avg": avg[arm], "diff_avg": diffs,
-                          "diff_worst": list(np.subtract(worst[arm], worst["uniform"])),
+            diffs = paired_diffs(by, arm, seeds)
+            late = [_noise_weights(by[arm][s], noise, steps) for s in seeds]
+            table[arm] = {"final_avg": [final_losses(by[arm][s])[0] for s in seeds], "diff_avg": diffs,
+                          "diff_worst": paired_diffs(by, arm, seeds, score=1),
                           "verdict": "" if arm == "uniform" else verdict(diffs, floor),
                           "noise_second_half_mean": [m for m, _ in late],
                           "noise_after_first_quarter_max": [x for _, x in late],
-                          "per_domain": {d: float(np.mean([by[arm, s]["val_loss"][d][-1] for s in seeds]))
+                          "per_domain": {d: float(np.mean([by[arm][s]["val_loss"][d][-1] for s in seeds]))
                                          for d in domains}}
-        versus = list(np.subtract(avg["pike_zeta2_0"], avg["pike"]))
+        versus = paired_diffs(by, "pike_zeta2_0", seeds, base="pike")
         share = 1 / len(domains)
         predictions = {
             "mechanism: zeta2 = 0 lowers the noise weight's second-half mean": all(

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["avg_curve", "final_losses", "fmt_spread", "per_domain_and_goal_lines", "per_domain_table",
-           "plot_curves_and_weights", "steps_to_reach", "worst_curve"]
+__all__ = ["avg_curve", "by_arm", "final_losses", "fmt_spread", "null_floor", "paired_diffs",
+           "per_domain_and_goal_lines", "per_domain_table", "plot_curves_and_weights", "steps_to_reach", "worst_curve"]
 
 
 def avg_curve(run: dict[str, Any]) -> np.ndarray:
@@ -27,6 +27,26 @@ def worst_curve(run: dict[str, Any]) -> np.ndarray:
 
 def final_losses(run: dict[str, Any]) -> tuple[float, float]:
     return float(avg_curve(run)[-1]), float(worst_curve(run)[-1])
+
+
+def by_arm(runs: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Runs keyed by their spec's arm, then seed: the pairs of a paired comparison."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        out.setdefault(run["spec"]["arm"], {})[run["spec"]["seed"]] = run
+    return out
+
+
+def paired_diffs(runs: dict[str, dict[int, dict[str, Any]]], arm: str, seeds: list[int], score: int = 0,
+                 base: str = "uniform") -> list[float]:
+    """``arm`` − ``base`` per seed in a final score (0: the average over domains, 1: the worst domain)."""
+    return [final_losses(runs[arm][s])[score] - final_losses(runs[base][s])[score] for s in seeds]
+
+
+def null_floor(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int], score: int = 0) -> float:
+    """The smallest difference a paired comparison resolves: the mean |null arm − uniform| (``bench_null.py``'s
+    ``uniform_jitter``: uniform with every weight changed by 1%)."""
+    return float(np.mean(np.abs(paired_diffs(runs, "uniform_jitter", seeds, score))))
 
 
 def steps_to_reach(steps: list[int], curve: np.ndarray, target: float) -> float | None:
